@@ -1,0 +1,48 @@
+# bnn-export: `make demo` runs the main job, `make test` runs the test suite.
+# Both install everything first (`make setup`), so they work on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.bnn-export-installed
+CONSTRAINTS := requirements/constraints.txt
+DEMO_DIR ?= demo-out
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: setup system-deps demo test lint typecheck pytest bench clean
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch 2.13.0 CPU from the wheel on disk first: a bare `torch` would pull CUDA.
+	$(PY) -m pip install -q -c $(CONSTRAINTS) torch==2.13.0
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[all]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/bnn-export train --model digits --dataset digits --binarizer ste --epochs 20 \
+		-o $(DEMO_DIR)/digits-ste
+
+lint: setup
+	$(VENV)/bin/ruff check bnn_export tests
+	$(VENV)/bin/ruff format --check bnn_export tests
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: setup
+	@echo "make bench: no benchmarks yet (they arrive with the kernel/converter issues)"
+
+clean:
+	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

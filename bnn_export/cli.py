@@ -1,0 +1,203 @@
+"""The ``bnn-export`` command line: train, convert, bench, inspect.
+
+Every user error is a ``BnnExportError``: one ``error:`` line (plus a ``fix:`` hint)
+on stderr and exit status 2; no traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from bnn_export import __version__
+from bnn_export import binarizers as binarizer_registry
+from bnn_export.datasets import DATASETS
+from bnn_export.errors import BnnExportError, unknown_name
+from bnn_export.fileio import check_writable
+from bnn_export.models import ARCHS
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bnn-export")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Train binary neural networks and export them to LCE TFLite and ONNX."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.option("--framework", default="torch", show_default=True, help="torch or larq.")
+@click.option(
+    "--model",
+    "model_name",
+    default="digits",
+    show_default=True,
+    help=f"Architecture: {', '.join(ARCHS)}.",
+)
+@click.option(
+    "--dataset", default="digits", show_default=True, help="digits | cifar10:DIR | mnist:DIR."
+)
+@click.option(
+    "--binarizer",
+    default="ste",
+    show_default=True,
+    help=f"Weight binarizer: {', '.join(binarizer_registry.names())}.",
+)
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=1e-2, show_default=True, type=float)
+@click.option("--weight-decay", default=0.0, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--pad-value",
+    default="1",
+    show_default=True,
+    type=click.Choice(["0", "1"]),
+    help="Padding value of binary convs' binarized inputs (+1 is the cheap case for LCE).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(),
+    default=None,
+    help="Run directory to write (checkpoint.safetensors, metrics.json).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(
+    framework: str,
+    model_name: str,
+    dataset: str,
+    binarizer: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    pad_value: str,
+    output: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Train a BNN and write a run directory."""
+    from bnn_export.datasets import load_dataset
+    from bnn_export.models import arch_spec
+    from bnn_export.run import train_run
+    from bnn_export.train_torch import TrainSettings
+
+    if framework not in ("torch", "larq"):
+        raise unknown_name("framework", framework, ("torch", "larq"))
+    config = binarizer_registry.get(binarizer)
+    if not lr > 0 or lr != lr:
+        raise BnnExportError(f"--lr must be a positive number, got {lr}")
+    if output is not None:
+        check_writable(output)
+    data = load_dataset(dataset)
+    arch = arch_spec(model_name, num_classes=data.num_classes, pad_value=float(pad_value))
+    settings = TrainSettings(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        progress=not quiet and not as_json,
+    )
+    metrics = train_run(
+        framework=framework,
+        arch=arch,
+        binarizer=config,
+        data=data,
+        settings=settings,
+        output=output,
+    )
+    where = f" -> {output}" if output else ""
+    _emit(
+        metrics,
+        as_json,
+        f"{model_name}/{config.name}/{framework} on {data.spec}: test accuracy "
+        f"{metrics['test_accuracy']:.2%} after {epochs} epochs "
+        f"({metrics['train_seconds']:.1f}s){where}",
+    )
+
+
+def _not_implemented(name: str) -> None:
+    raise BnnExportError(f"`bnn-export {name}` is not implemented yet in {__version__}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def convert(args: tuple[str, ...]) -> None:
+    """Convert a trained run to .tflite (LCE) or .onnx (not implemented yet)."""
+    _not_implemented("convert")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Measure latency and accuracy of exported models (not implemented yet)."""
+    _not_implemented("bench")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def inspect(args: tuple[str, ...]) -> None:
+    """Show the ops and metadata of an exported model (not implemented yet)."""
+    _not_implemented("inspect")
+
+
+@cli.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+def list_names(as_json: bool) -> None:
+    """List models, binarizers and datasets."""
+    result = {
+        "models": {a.name: a.summary for a in ARCHS.values()},
+        "binarizers": {b.name: b.summary for b in binarizer_registry.REGISTRY.values()},
+        "datasets": DATASETS,
+    }
+    lines = []
+    for section, entries in result.items():
+        lines.append(f"{section}:")
+        lines.extend(f"  {k:<12} {v}" for k, v in entries.items())
+    _emit(result, as_json, "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="bnn-export", standalone_mode=False)
+    except BnnExportError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_USER_ERROR
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

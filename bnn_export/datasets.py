@@ -1,0 +1,246 @@
+"""Datasets: the embedded digits set, and CIFAR-10 / MNIST read from local files.
+
+A dataset spec is ``digits``, ``cifar10:DIR`` or ``mnist:DIR``. Nothing is ever
+downloaded. Images come out as float32 NCHW in [-1, 1] (``x / max * 2 - 1``) so every
+runtime sees the same preprocessing; ``adapt`` resizes/pads them to a model's input.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bnn_export.errors import BnnExportError, unknown_name
+
+DATASETS = {
+    "digits": "scikit-learn's 8x8 handwritten digits (1,797 images, embedded)",
+    "cifar10": "CIFAR-10 python pickle batches: cifar10:DIR",
+    "mnist": "MNIST IDX files (gz or not): mnist:DIR",
+}
+
+#: The train/test split of ``digits`` is fixed (not the training seed), so every
+#: run and every runtime is scored on the same 360 test images.
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Dataset:
+    spec: str
+    x_train: np.ndarray  # float32 [N, C, H, W] in [-1, 1]
+    y_train: np.ndarray  # int64 [N]
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.x_train.shape[1:]
+        return int(c), int(h), int(w)
+
+    def adapted(self, input_shape: tuple[int, int, int]) -> Dataset:
+        """This dataset with images resized/padded to ``input_shape`` (C, H, W)."""
+        if tuple(input_shape) == self.input_shape:
+            return self
+        return Dataset(
+            spec=self.spec,
+            x_train=adapt(self.x_train, input_shape),
+            y_train=self.y_train,
+            x_test=adapt(self.x_test, input_shape),
+            y_test=self.y_test,
+            num_classes=self.num_classes,
+        )
+
+
+def adapt(x: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:
+    """Resize NCHW images to (C, H, W): channel repeat/mean, integer nearest upsampling,
+    then centre padding with the background value -1 or centre cropping."""
+    c, h, w = input_shape
+    if x.shape[1] != c:
+        if x.shape[1] == 1:
+            x = np.repeat(x, c, axis=1)
+        elif c == 1:
+            x = x.mean(axis=1, keepdims=True)
+        else:
+            raise BnnExportError(
+                f"cannot adapt {x.shape[1]}-channel images to {c} channels",
+                hint="pick a model whose input channels match the dataset",
+            )
+    factor = max(1, min(h // x.shape[2], w // x.shape[3]))
+    if factor > 1:
+        x = x.repeat(factor, axis=2).repeat(factor, axis=3)
+    out = np.full((x.shape[0], c, h, w), -1.0, dtype=np.float32)
+    sh, sw = min(h, x.shape[2]), min(w, x.shape[3])
+    oy, ox = (h - sh) // 2, (w - sw) // 2
+    iy, ix = (x.shape[2] - sh) // 2, (x.shape[3] - sw) // 2
+    out[:, :, oy : oy + sh, ox : ox + sw] = x[:, :, iy : iy + sh, ix : ix + sw]
+    return out
+
+
+def load_dataset(spec: str) -> Dataset:
+    """Load a dataset by spec (``digits``, ``cifar10:DIR``, ``mnist:DIR``)."""
+    name, _, arg = spec.partition(":")
+    if name == "digits":
+        if arg:
+            raise BnnExportError(f"dataset 'digits' takes no argument, got {spec!r}")
+        return _load_digits()
+    if name in ("cifar10", "mnist"):
+        if not arg:
+            raise BnnExportError(
+                f"dataset {name!r} needs a directory: {name}:DIR",
+                hint=f"pass --dataset {name}:/path/to/{name}",
+            )
+        path = Path(arg).expanduser()
+        if not path.is_dir():
+            raise BnnExportError(
+                f"{name} data directory {arg!r} does not exist",
+                hint=f"point {name}:DIR at a folder holding the standard {name} files",
+            )
+        return _load_cifar10(path, spec) if name == "cifar10" else _load_mnist(path, spec)
+    raise unknown_name("dataset", name, DATASETS)
+
+
+def _to_unit_range(x: np.ndarray, maximum: float) -> np.ndarray:
+    return (x.astype(np.float32) / np.float32(maximum)) * 2.0 - 1.0
+
+
+def _load_digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = _to_unit_range(bunch.images, 16.0)[:, None, :, :]
+    y = bunch.target.astype(np.int64)
+    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+    test_idx: list[int] = []
+    for label in range(10):  # stratified: the same share of every class in the test split
+        idx = np.flatnonzero(y == label)
+        rng.shuffle(idx)
+        test_idx.extend(idx[: round(len(idx) * DIGITS_TEST_FRACTION)].tolist())
+    test = np.zeros(len(y), dtype=bool)
+    test[test_idx] = True
+    return Dataset("digits", x[~test], y[~test], x[test], y[test], num_classes=10)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that revives only what CIFAR-10 batches contain (no code execution)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes pickled by Python 3 at protocol 2
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with path.open("rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+            raise ValueError(f"data shape {data.shape}, {len(labels)} labels")
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ) as exc:
+        raise BnnExportError(
+            f"malformed CIFAR-10 batch {str(path)!r}: {exc}",
+            hint="use the python version of CIFAR-10 (cifar-10-batches-py)",
+        ) from None
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _load_cifar10(root: Path, spec: str) -> Dataset:
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    train_files = sorted(root.glob("data_batch_[0-9]*"))
+    test_file = root / "test_batch"
+    if not train_files or not test_file.is_file():
+        raise BnnExportError(
+            f"no CIFAR-10 batches in {str(root)!r} (need data_batch_1..5 and test_batch)",
+            hint="extract cifar-10-python.tar.gz and point cifar10:DIR at it",
+        )
+    parts = [_read_cifar_batch(p) for p in train_files]
+    x_test, y_test = _read_cifar_batch(test_file)
+    x_train = np.concatenate([p[0] for p in parts])
+    y_train = np.concatenate([p[1] for p in parts])
+    return Dataset(
+        spec,
+        _to_unit_range(x_train, 255.0),
+        y_train,
+        _to_unit_range(x_test, 255.0),
+        y_test,
+        num_classes=10,
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("bad magic number (expected unsigned-byte IDX)")
+        dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+        count = int(np.prod(dims))
+        body = np.frombuffer(raw, dtype=np.uint8, count=count, offset=4 + 4 * ndim)
+    except (OSError, EOFError, struct.error, ValueError) as exc:
+        raise BnnExportError(
+            f"malformed MNIST IDX file {str(path)!r}: {exc}",
+            hint="use the original MNIST IDX files (optionally .gz)",
+        ) from None
+    return body.reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for pattern in (
+        f"{stem}-idx*-ubyte",
+        f"{stem}.idx*-ubyte",
+        f"{stem}-idx*-ubyte.gz",
+        f"{stem}.idx*-ubyte.gz",
+    ):
+        hits = sorted(root.glob(pattern))
+        if hits:
+            return hits[0]
+    raise BnnExportError(
+        f"no MNIST file {stem}-idx*-ubyte[.gz] in {str(root)!r}",
+        hint="point mnist:DIR at the folder with the four MNIST IDX files",
+    )
+
+
+def _load_mnist(root: Path, spec: str) -> Dataset:
+    x_train = _read_idx(_find_idx(root, "train-images"))
+    y_train = _read_idx(_find_idx(root, "train-labels"))
+    x_test = _read_idx(_find_idx(root, "t10k-images"))
+    y_test = _read_idx(_find_idx(root, "t10k-labels"))
+    for x, y, which in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise BnnExportError(
+                f"MNIST {which} files disagree: images {x.shape}, labels {y.shape}",
+                hint="use matching image and label files",
+            )
+    return Dataset(
+        spec,
+        _to_unit_range(x_train, 255.0)[:, None],
+        y_train.astype(np.int64),
+        _to_unit_range(x_test, 255.0)[:, None],
+        y_test.astype(np.int64),
+        num_classes=10,
+    )

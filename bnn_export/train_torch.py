@@ -1,0 +1,115 @@
+"""PyTorch trainer: Adam + cosine schedule, binarizer schedule hooks, per-epoch progress."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from bnn_export.binarizers import torch_impl as bz
+from bnn_export.datasets import Dataset
+from bnn_export.models.layers import binary_layers
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    seed: int = 0
+    progress: bool = True
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Latent weights whose binarizer forbids weight decay go in a group with none."""
+    no_wd: set[int] = set()
+    for _, layer in binary_layers(model):
+        if layer.weight_quantizer.no_weight_decay:
+            no_wd.add(id(layer.weight))
+    params = list(model.parameters())
+    return [
+        {"params": [p for p in params if id(p) not in no_wd], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_wd], "weight_decay": 0.0},
+    ]
+
+
+def set_schedule(model: nn.Module, epoch: int, epochs: int) -> None:
+    for module in model.modules():
+        if isinstance(module, bz.WeightQuantizer | bz.ActivationQuantizer):
+            module.set_schedule(epoch, epochs)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits for NCHW float32 inputs, in eval mode."""
+    model.eval()
+    out = [
+        model(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return float((predict(model, x).argmax(axis=1) == y).mean())
+
+
+def train(model: nn.Module, data: Dataset, settings: TrainSettings) -> list[dict[str, float]]:
+    """Train in place; returns the per-epoch history."""
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    optimizer = torch.optim.Adam(_param_groups(model, settings.weight_decay), lr=settings.lr)
+    steps_per_epoch = max(1, int(np.ceil(len(data.x_train) / settings.batch_size)))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=settings.epochs * steps_per_epoch
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    x_all = torch.from_numpy(data.x_train)
+    y_all = torch.from_numpy(data.y_train)
+    history: list[dict[str, float]] = []
+    for epoch in range(settings.epochs):
+        set_schedule(model, epoch, settings.epochs)
+        model.train()
+        order = torch.from_numpy(rng.permutation(len(x_all)))
+        t0 = time.perf_counter()
+        total_loss, correct = 0.0, 0
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{settings.epochs}",
+            unit="step",
+            leave=False,
+            disable=not settings.progress,
+        )
+        for step in bar:
+            idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
+            xb, yb = x_all[idx], y_all[idx]
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_value = loss.item()
+            total_loss += loss_value * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+        test_acc = accuracy(model, data.x_test, data.y_test)
+        record = {
+            "epoch": epoch + 1,
+            "loss": total_loss / len(x_all),
+            "train_accuracy": correct / len(x_all),
+            "test_accuracy": test_acc,
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        if settings.progress:
+            tqdm.write(
+                f"epoch {epoch + 1}/{settings.epochs}: loss {record['loss']:.4f} "
+                f"train {record['train_accuracy']:.2%} test {test_acc:.2%} ({record['seconds']:.1f}s)"
+            )
+    return history

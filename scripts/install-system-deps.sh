@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Debian packages the test suite and the ARM/ssh paths need: a cross compiler and
+# qemu-user for the aarch64 kernel tests, and an ssh server/client for the loopback
+# device tests. Installs only what is missing; a no-op when everything is present.
+set -euo pipefail
+need=()
+command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "warning: missing system packages (${need[*]}); run as root or install them: apt-get install ${need[*]}" >&2
+  exit 0
+fi
+echo "installing system packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run `bnn-export ARGS` in a subprocess (exit codes and stderr as a user sees them)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bnn_export", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def write_cifar_fixture(root: Path, n_train: int = 24, n_test: int = 12, seed: int = 0) -> Path:
+    """A tiny CIFAR-10 folder in the real python-pickle batch format."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n in (("data_batch_1", n_train), ("test_batch", n_test)):
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [f"img{i}.png".encode() for i in range(n)],
+        }
+        with (root / name).open("wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return root
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    return write_cifar_fixture(tmp_path / "cifar-10-batches-py")

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bnn_export.checkpoint import load_checkpoint
+from tests.conftest import run_cli
+
+
+def test_train_digits_ste_reaches_90_percent(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = run_cli("train", "--dataset", "digits", "--binarizer", "ste", "-o", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "test accuracy" in res.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.90
+    assert metrics["binarizer"]["name"] == "ste" and metrics["framework"] == "torch"
+    assert set(metrics["bit_ratios"]) == {"conv1", "conv2", "fc1"}
+    for r in metrics["bit_ratios"].values():
+        assert 0.0 < r["min"] <= r["mean"] <= r["max"] < 1.0
+    assert load_checkpoint(out).arch["name"] == "digits"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "metrics.json"]
+
+
+def test_train_json_output(tmp_path: Path) -> None:
+    res = run_cli("train", "--epochs", "1", "--binarizer", "none", "--json")
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads(res.stdout)
+    assert metrics["epochs"] == 1 and metrics["bit_ratios"] == {}
+
+
+def test_resnet18_on_cifar_fixture(cifar_dir: Path, tmp_path: Path) -> None:
+    res = run_cli(
+        "train",
+        "--model",
+        "resnet18",
+        "--dataset",
+        f"cifar10:{cifar_dir}",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "-o",
+        str(tmp_path / "r18"),
+        "--json",
+    )
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads(res.stdout)
+    assert metrics["arch"]["kwargs"]["input_shape"] == [3, 32, 32]
+    assert len(metrics["bit_ratios"]) == 16  # 8 Bi-Real blocks x 2 binary convs
+
+
+def test_digits_adapted_to_a_cifar_model() -> None:
+    res = run_cli("train", "--model", "resnet20", "--epochs", "1", "--json")
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--model", "alexnet"],
+            "unknown model 'alexnet'; valid: digits, resnet18, resnet20, vgg-small",
+        ),
+        (["--binarizer", "xnor"], "unknown binarizer 'xnor'; valid:"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'; valid: cifar10, digits, mnist"),
+        (["--dataset", "cifar10:/no/such/dir"], "does not exist"),
+        (["--framework", "jax"], "unknown framework 'jax'"),
+        (["-o", "/dev/null/run"], "cannot create output directory"),
+    ],
+)
+def test_bad_input_is_one_clear_error(args: list[str], message: str) -> None:
+    res = run_cli("train", "--epochs", "1", "--quiet", *args)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ")
+
+
+def test_failed_run_leaves_no_partial_output(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = run_cli("train", "--epochs", "1", "--dataset", "mnist:/no/such", "-o", str(out))
+    assert res.returncode == 2 and not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["convert", "bench", "inspect"])
+def test_unimplemented_commands_exit_nonzero(command: str) -> None:
+    res = run_cli(command, "x")
+    assert res.returncode == 2 and "not implemented yet" in res.stderr
