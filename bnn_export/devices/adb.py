@@ -35,7 +35,7 @@ class AdbDevice(ShellDevice):
         serial: str | None = None,
         *,
         adb_path: str | None = None,
-        temp_root: str = ANDROID_TEMP_ROOT,
+        temp_root: str | None = None,
         transfer_timeout: float = 600.0,
     ) -> None:
         if serial is not None and (not serial or serial.startswith("-") or " " in serial):
@@ -44,7 +44,7 @@ class AdbDevice(ShellDevice):
             )
         self.serial = serial
         self.adb_path = adb_path or os.environ.get("BNN_EXPORT_ADB") or "adb"
-        self.temp_root = temp_root.rstrip("/") or "/"
+        self.temp_root = (temp_root or ANDROID_TEMP_ROOT).rstrip("/") or "/"
         self.transfer_timeout = transfer_timeout
         self._checked_serial: str | None = None
 

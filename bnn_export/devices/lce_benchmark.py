@@ -114,7 +114,7 @@ def parse_lce_benchmark_output(output: str) -> dict[str, Any]:
         raise _bad_output(f"no {_HEADER!r} line", output)
     stats: dict[str, float | int] | None = None
     for line in lines[headers[-1] + 1 :]:
-        fields = dict(_STAT.findall(line))
+        fields: dict[str, str] = dict(_STAT.findall(line))
         if "count" in fields:
             stats = {_STAT_KEYS.get(k, k): _number(v) for k, v in fields.items()}
             break

@@ -40,14 +40,12 @@ def parse_device_url(
     if text == "local":
         return LocalDevice(temp_root=temp_root)
     if text == "adb":
-        return AdbDevice(adb_path=adb_path, **({"temp_root": temp_root} if temp_root else {}))
+        return AdbDevice(adb_path=adb_path, temp_root=temp_root)
     if text.startswith("adb:"):
         serial = text[4:]
         if not serial or serial.startswith("/"):
             raise _bad(spec, "the serial after `adb:` is missing")
-        return AdbDevice(
-            serial, adb_path=adb_path, **({"temp_root": temp_root} if temp_root else {})
-        )
+        return AdbDevice(serial, adb_path=adb_path, temp_root=temp_root)
     if text.startswith("ssh://"):
         try:
             parts = urlsplit(text)
