@@ -57,12 +57,13 @@ def run_remote_worker(
     timeout: float,
     *,
     result_file: str | None = None,
+    executables: Sequence[str] = (),
     emulator: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Push ``files`` into a fresh temp dir, run ``argv`` there, return its JSON object.
 
     ``files`` is a list of local paths (pushed under their names) or a {name: local path}
-    mapping. The command runs with the temp dir as working directory, and ``{tmp}`` inside any
+    mapping; the names in ``executables`` get ``chmod +x``. The command runs with the temp dir as working directory, and ``{tmp}`` inside any
     argument is replaced by the temp dir's path. The JSON is read from stdout (the whole of it,
     or its last line that starts with ``{``), or from ``result_file`` (a name inside the temp
     dir) when given. The returned object gets ``emulated`` set (true when ``emulator``, e.g.
@@ -70,10 +71,17 @@ def run_remote_worker(
     is always removed.
     """
     named = _named_files(files)
+    unknown = [name for name in executables if name not in named]
+    if unknown:
+        raise ValueError(
+            f"Expected `executables` to name pushed files {sorted(named)}, got {unknown}"
+        )
     info = device.info() if emulator else None
     with device.temp_dir() as tmp:
         for name, path in named.items():
             device.push(str(path), f"{tmp}/{name}")
+            if name in executables:
+                device.make_executable(f"{tmp}/{name}")
         command = [*(emulator or []), *(arg.replace(TMP_PLACEHOLDER, tmp) for arg in argv)]
         result = device.run(command, timeout=timeout, cwd=tmp)
         if result.returncode != 0:

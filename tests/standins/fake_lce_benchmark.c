@@ -4,6 +4,7 @@
  * It times a small integer loop per "inference" and prints the statistics in
  * lce_benchmark_model's format (larq/compute-engine docs/get_started.md, "3. Benchmarking").
  * Flags: --graph=PATH (read once), --num_runs=N, --warmup_runs=N; others are ignored.
+ * With --json it prints only one JSON object {"machine": ..., "mean_us": ...} (worker style).
  */
 #include <math.h>
 #include <stdio.h>
@@ -50,15 +51,22 @@ static double phase(int runs, long long *first_out) {
 }
 
 int main(int argc, char **argv) {
-  int runs = 50, warmup = 1;
+  int runs = 50, warmup = 1, json = 0;
   const char *graph = NULL;
   for (int i = 1; i < argc; i++) {
     if (strncmp(argv[i], "--num_runs=", 11) == 0) runs = atoi(argv[i] + 11);
     else if (strncmp(argv[i], "--warmup_runs=", 14) == 0) warmup = atoi(argv[i] + 14);
     else if (strncmp(argv[i], "--graph=", 8) == 0) graph = argv[i] + 8;
+    else if (strcmp(argv[i], "--json") == 0) json = 1;
   }
   struct utsname names;
   uname(&names);
+  if (json) {
+    double total = 0;
+    for (int i = 0; i < runs; i++) total += (double)one_inference();
+    printf("{\"machine\": \"%s\", \"mean_us\": %g}\n", names.machine, runs ? total / runs : 0);
+    return 0;
+  }
   printf("STARTING!\nMachine: [%s]\n", names.machine);
   long long start = now_us();
   FILE *model = graph ? fopen(graph, "rb") : NULL;
