@@ -271,6 +271,8 @@ def test_ssh_changed_host_key_is_refused(sshd, remote_root, tmp_path):
         device.info()
     assert caught.value.reason == "host-key"
     assert "ssh-keygen -R" in str(caught.value)
+    assert "Host key verification failed" in str(caught.value)
+    assert "NASTY" not in str(caught.value)  # ssh's banner is left out
 
 
 def test_ssh_remote_command_timeout(device, remote_root):
@@ -287,6 +289,7 @@ def test_ssh_missing_remote_binary(device, remote_root, model):
         run_lce_benchmark(device, model, binary="/opt/absent/lce_benchmark_model", timeout=30)
     assert caught.value.reason == "missing-binary"
     assert "/opt/absent/lce_benchmark_model" in str(caught.value)
+    assert "--lce-benchmark-binary" in str(caught.value)
     assert os.listdir(remote_root) == []
 
 

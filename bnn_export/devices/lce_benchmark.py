@@ -210,7 +210,17 @@ def run_lce_benchmark(
             use_indirect_bgemm=use_indirect_bgemm,
         )
         prefix = [*(["taskset", taskset] if taskset else []), *(emulator or [])]
-        result = device.run([*prefix, *argv], timeout=timeout, cwd=tmp)
+        try:
+            result = device.run([*prefix, *argv], timeout=timeout, cwd=tmp)
+        except DeviceError as exc:
+            if exc.reason not in ("missing-binary", "not-executable"):
+                raise
+            raise DeviceError(
+                exc.reason,
+                f"{exc} lce_benchmark_model must be on the device: copy LCE's prebuilt binary "
+                "for its architecture (aarch64, aarch32 or android_arm64) there and pass its "
+                "path with --lce-benchmark-binary (for adb a local path is pushed for you).",
+            ) from exc
     output = result.stdout + "\n" + result.stderr
     if result.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-12:])

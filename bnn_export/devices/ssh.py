@@ -172,9 +172,9 @@ class SshDevice(ShellDevice):
             ) from None
         if result.returncode == _SSH_FAILURE:
             reason, fix = _classify(result.stderr)
-            raise DeviceError(
-                reason, f"ssh to {self.describe()} failed: {result.stderr.strip()!r}; {fix}."
-            )
+            # ssh's last lines say what failed; the banners above them (host key) do not.
+            said = " ".join(result.stderr.replace("\r", "").strip().splitlines()[-2:])
+            raise DeviceError(reason, f"ssh to {self.describe()} failed: {said!r}; {fix}.")
         return result
 
     def make_temp_dir(self) -> str:
