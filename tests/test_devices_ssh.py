@@ -6,6 +6,7 @@ the ssh device, whose results must say they are emulated. No traffic leaves loop
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -341,6 +342,39 @@ def test_ssh_connection_killed_mid_run(sshd, device, remote_root):
     assert time.monotonic() - start < 4
     assert os.listdir(remote_root) == []
     assert sshd.process.poll() is None  # the listener survived; only the session died
+
+
+def test_ssh_hung_link_is_detected_by_keepalives(sshd, remote_root):
+    """The session's sshd is frozen (SIGSTOP): no FIN, no RST, only silence."""
+    device = make_device(sshd, remote_root, server_alive_interval=1)
+    frozen: list[int] = []
+
+    def freeze_session() -> None:
+        deadline = time.monotonic() + 5
+        while not frozen and time.monotonic() < deadline:
+            time.sleep(0.5)
+            for pid in _session_processes(sshd.process.pid):
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(pid)
+
+    start = time.monotonic()
+    try:
+        with pytest.raises(DeviceError) as caught, device.temp_dir() as tmp:
+            thread = threading.Thread(target=freeze_session)
+            thread.start()
+            try:
+                device.run(["sleep", "20"], timeout=60, cwd=tmp)
+            finally:
+                thread.join()
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert frozen, "no sshd session process was found to freeze"
+    assert caught.value.reason == "connection-lost"
+    assert "stopped answering keepalives" in str(caught.value)
+    assert time.monotonic() - start < 15  # 3 missed keepalives at 1 s, not the 60 s timeout
+    assert os.listdir(remote_root) == []
 
 
 def test_ssh_ctrl_c_during_run_cleans_up(device, remote_root):

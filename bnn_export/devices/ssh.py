@@ -174,6 +174,17 @@ class SshDevice(ShellDevice):
             reason, fix = _classify(result.stderr)
             # ssh's last lines say what failed; the banners above them (host key) do not.
             said = " ".join(result.stderr.replace("\r", "").strip().splitlines()[-2:])
+            if not said:
+                # With LogLevel=ERROR, ssh leaves silently when keepalives go unanswered.
+                reason, fix = (
+                    "connection-lost",
+                    (
+                        "the device stopped answering keepalives (ServerAliveInterval="
+                        f"{max(1, round(self.server_alive_interval))} s, 3 misses) or the link "
+                        "dropped: check the device's power and network, then retry"
+                    ),
+                )
+                said = "(ssh printed nothing)"
             raise DeviceError(reason, f"ssh to {self.describe()} failed: {said!r}; {fix}.")
         return result
 
