@@ -121,6 +121,16 @@ def test_adb_standin_offline_and_unauthorized(device_tmp, monkeypatch):
     assert "USB debugging prompt" in str(caught.value)
 
 
+def test_adb_standin_device_unplugged_after_check(device_tmp, monkeypatch):
+    device = AdbDevice()
+    with pytest.raises(DeviceError) as caught, device.temp_dir() as tmp:
+        monkeypatch.setenv("BNN_STANDIN_ADB_DEVICES", "")  # the cable is pulled
+        device.run(["true"], timeout=30, cwd=tmp)
+    assert caught.value.reason == "connection-lost"
+    assert "adb reconnect" in str(caught.value)
+    assert "could not be removed" in " ".join(caught.value.__notes__)  # and it says where
+
+
 def test_adb_standin_disk_full(device_tmp, model, monkeypatch):
     monkeypatch.setenv("BNN_STANDIN_ADB_FREE_BYTES", "1000")  # simulated: the model is 8 KiB
     with pytest.raises(DeviceError) as caught:

@@ -363,7 +363,7 @@ def test_ssh_hung_link_is_detected_by_keepalives(sshd, remote_root):
             thread = threading.Thread(target=freeze_session)
             thread.start()
             try:
-                device.run(["sleep", "20"], timeout=60, cwd=tmp)
+                device.run(["sleep", "8"], timeout=60, cwd=tmp)
             finally:
                 thread.join()
     finally:

@@ -72,23 +72,33 @@ class AdbDevice(ShellDevice):
         return result
 
     def _raise_link_error(self, result: CompletedRun) -> None:
-        text = (result.stderr + result.stdout).lower()
         if result.returncode == 0:
             return
-        if "no devices/emulators found" in text or "no devices found" in text:
-            raise DeviceError("no-device", f"adb sees no Android device: {_NO_DEVICE_FIX}.")
-        if "not found" in text and "device '" in text:
+        # adb's own complaints start with "adb:" or "error:"; the rest is the device's output.
+        text = " ".join(
+            line.lower()
+            for line in (result.stderr + "\n" + result.stdout).splitlines()
+            if line.startswith(("adb:", "error:"))
+        )
+        lost = (
+            f"The adb link to {self.describe()} dropped ({result.stderr.strip()!r}): "
+            "reconnect the cable, run `adb reconnect`, then retry."
+        )
+        gone = (
+            "no devices/emulators found" in text
+            or "no devices found" in text
+            or ("device '" in text and "not found" in text)
+        )
+        if gone and self._checked_serial is not None:
+            raise DeviceError("connection-lost", lost)  # it was there a moment ago
+        if gone:
             raise DeviceError(
                 "no-device",
-                f"adb does not see the device {self.serial!r}: {_NO_DEVICE_FIX}; "
-                "`adb devices` shows the serials.",
+                f"adb does not see {self.describe()}: {_NO_DEVICE_FIX}; `adb devices` shows "
+                "the serials.",
             )
-        if "device offline" in text or "error: closed" in text or "protocol fault" in text:
-            raise DeviceError(
-                "connection-lost",
-                f"The adb link to {self.describe()} dropped ({result.stderr.strip()!r}): "
-                "reconnect the cable, run `adb reconnect`, then retry.",
-            )
+        if "offline" in text or "error: closed" in text or "protocol fault" in text:
+            raise DeviceError("connection-lost", lost)
         if "unauthorized" in text:
             raise DeviceError(
                 "auth",
