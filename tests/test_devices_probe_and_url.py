@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 from bnn_export.devices import AdbDevice, DeviceError, LocalDevice, SshDevice, parse_device_url
+from bnn_export.devices.elf_arch import can_run, elf_arch
 from bnn_export.devices.probe import describe_cpu, parse_probe, probe_script
 
 
@@ -146,3 +150,29 @@ def test_parse_device_url_rejects_other_forms_listing_valid_ones(spec):
 def test_bad_strict_host_key_checking_is_named():
     with pytest.raises(DeviceError, match="strict_host_key_checking"):
         SshDevice("h", strict_host_key_checking="maybe")
+
+
+@pytest.mark.parametrize(
+    ("binary", "uname_m", "ok"),
+    [
+        ("aarch64", "aarch64", True),
+        ("arm", "aarch64", True),
+        ("arm", "armv7l", True),
+        ("aarch64", "x86_64", False),
+        ("aarch64", "armv7l", False),
+        ("x86_64", "aarch64", False),
+        (None, "aarch64", True),
+        ("aarch64", None, True),
+    ],
+)
+def test_can_run_compares_binary_and_device_arch(binary, uname_m, ok):
+    assert can_run(binary, uname_m) is ok
+
+
+def test_elf_arch_reads_this_python_and_ignores_scripts(tmp_path):
+    expected = {"x86_64": "x86_64", "aarch64": "aarch64"}.get(os.uname().machine)
+    if expected:
+        assert elf_arch(os.path.realpath(sys.executable)) == expected
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\n")
+    assert elf_arch(script) is None

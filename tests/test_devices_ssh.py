@@ -20,7 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from bnn_export.devices import DeviceError, SshDevice, run_lce_benchmark, run_remote_worker
+from bnn_export.devices import (
+    DeviceError,
+    LocalDevice,
+    SshDevice,
+    run_lce_benchmark,
+    run_remote_worker,
+)
+from bnn_export.devices.elf_arch import elf_arch
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 STANDINS = Path(__file__).parent / "standins"
@@ -480,3 +487,16 @@ def test_ssh_emulated_remote_worker_is_labelled_emulated(
     assert result["emulated"] is True
     assert "NOT ARM latency" in result["note"]
     assert os.listdir(remote_root) == []
+
+
+def test_arm_binary_on_x86_without_emulator_is_refused(tmp_path, model, aarch64_benchmark):
+    if os.uname().machine != "x86_64":
+        pytest.skip("checks an aarch64 binary on an x86_64 host")
+    (tmp_path / "device").mkdir()
+    device = LocalDevice(temp_root=str(tmp_path / "device"))
+    assert elf_arch(aarch64_benchmark) == "aarch64"
+    with pytest.raises(DeviceError) as caught:
+        run_lce_benchmark(device, model, binary=aarch64_benchmark, timeout=30)
+    assert caught.value.reason == "wrong-arch"
+    assert "not ARM latency" in str(caught.value)
+    assert os.listdir(tmp_path / "device") == []

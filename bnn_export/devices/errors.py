@@ -15,6 +15,7 @@ REASONS = (
     "connection-lost",  # the connection dropped while a command ran
     "missing-binary",  # the program to run is not on the device
     "not-executable",  # the program exists but cannot be executed
+    "wrong-arch",  # the program is built for another CPU than the device's
     "command-failed",  # a command ran and exited with an error
     "bad-output",  # a command's output could not be understood
     "cleanup-failed",  # the remote temp dir could not be removed

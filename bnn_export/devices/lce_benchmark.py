@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bnn_export.devices.base import Device
+from bnn_export.devices.elf_arch import can_run, elf_arch
 from bnn_export.devices.errors import DeviceError
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -191,6 +192,17 @@ def run_lce_benchmark(
     if push_binary and not Path(binary).is_file():
         raise FileNotFoundError(f"Cannot push the benchmark binary {binary!r}: no such local file")
     info = device.info()
+    local_binary = push_binary or device.transport == "local"
+    if local_binary and not emulator and Path(binary).is_file():
+        built_for = elf_arch(binary)
+        if not can_run(built_for, info.get("arch")):
+            raise DeviceError(
+                "wrong-arch",
+                f"{binary!r} is built for {built_for}, but {device.describe()} is "
+                f"{info.get('arch')}. Use the lce_benchmark_model build for {info.get('arch')}; "
+                "to only check the flow under emulation, pass emulator=['qemu-aarch64-static'] "
+                "(such timings are not ARM latency).",
+            )
     with device.temp_dir() as tmp:
         remote_model = f"{tmp}/{model.name}"
         device.push(str(model), remote_model)
