@@ -83,14 +83,14 @@ def test_missing_and_non_executable_binaries(device, tmp_path):
 
 def test_ctrl_c_during_a_run_kills_it_and_cleans_up(device, tmp_path):
     marker = tmp_path / "still-running"
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt), device.temp_dir() as tmp:
-        device.run(["sh", "-c", f"sleep 3; touch '{marker}'"], timeout=30, cwd=tmp)
+        device.run(["sh", "-c", f"sleep 1.5; touch '{marker}'"], timeout=30, cwd=tmp)
     timer.join()
-    assert time.monotonic() - start < 3
-    time.sleep(3)
+    assert time.monotonic() - start < 1.5
+    time.sleep(1.5)
     assert not marker.exists(), "the interrupted command kept running"
     assert leftovers(device) == []
 
