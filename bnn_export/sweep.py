@@ -44,7 +44,7 @@ def run_sweep(
     rows: list[dict[str, Any]] = []
     for b, p in tqdm(jobs, desc="sweep", unit="run", disable=not progress):
         config = get_binarizer(b, bit_ratio=p, granularity=granularity) if p is not None else b
-        model = build_torch_model(arch, config)
+        model = build_torch_model(arch, config, seed=settings.seed)
         history = train(model, data, quiet)
         trained_acc = accuracy(model, data.x_test, data.y_test)
         for ratio in [p] if p is not None else ratios:

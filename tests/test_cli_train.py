@@ -117,3 +117,13 @@ def test_equal_bits_records_achieved_ratio(tmp_path: Path) -> None:
     assert metrics["binarizer"]["params"]["bit_ratio"] == 0.3
     for r in metrics["bit_ratios"].values():  # n = 288, 576, 256 -> round(0.3 n) / n
         assert r["min"] == r["max"] and abs(r["mean"] - 0.3) < 0.002
+
+
+def test_same_seed_reproduces_metrics(tmp_path: Path) -> None:
+    runs = [run_cli("train", "--epochs", "2", "--binarizer", "irnet", "--json") for _ in range(2)]
+    a, b = (json.loads(r.stdout) for r in runs)
+    for m in (a, b):
+        m.pop("train_seconds")
+        for h in m["history"]:
+            h.pop("seconds")
+    assert a == b
