@@ -6,7 +6,7 @@ Stack: four chained 3x3 binary convs, 28x28x256 -> 256, pad 1.
       compiled for CPU (checked to become BinaryConvolution; outputs checked against ours
       with pad_value 0, which is how OpenVINO pads)
   (c) onnxruntime float Conv of the same shapes
-  (d) LCE (larq_compute_engine) if importable: hook `bench_lce` below
+  (d) LCE interpreter (larq extra) if importable, in a subprocess: `bench_lce`
 Also: the native kernel called directly (ctypes) and the fixed per-op overhead of the
 onnxruntime custom-op route (a 1x1 op on a 1x32x1x1 tensor).
 
@@ -43,6 +43,22 @@ def median_ms(fn: Callable[[], object], runs: int, warmup: int = 5) -> float:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], runs: int,
+                          warmup: int = 5) -> dict[str, float]:
+    """Median ms of each callable, timed round-robin so that machine noise (frequency,
+    neighbours) hits all engines alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], c_in: int,
@@ -136,22 +152,81 @@ def openvino_compiled(model: onnx.ModelProto, threads: int) -> tuple[object, lis
     return compiled, types
 
 
-# --------------------------------------------------------------------------- LCE hook
-def bench_lce(weights: list[np.ndarray], x: np.ndarray, runs: int) -> float | None:
-    """HOOK for the main engineer: median ms of the same stack in LCE, or None.
+# --------------------------------------------------------------------------- LCE
+LCE_WORKER = """
+import json, os, statistics, sys, time
+os.environ["TF_USE_LEGACY_KERAS"] = "1"   # Keras 3 can silently drop the Lce ops
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np
+import larq as lq
+import larq_compute_engine as lce
+import tf_keras as keras
+import tflite
+from larq_compute_engine.tflite.python.interpreter import Interpreter
 
-    larq_compute_engine is not installed in the kernels dev venv, so this only reports
-    that it was skipped. To fill in: build a tf-keras model of 4 larq QuantConv2D
-    (ste_sign input/kernel quantizers, pad_values=1, 'same'), convert with
-    larq_compute_engine.convert_keras_model in a subprocess, check the flatbuffer has 4
-    LceBconv2d ops, and time Interpreter(flatbuffer, num_threads=1).predict(x_nhwc).
+data = np.load(sys.argv[1])
+ws, x, runs = [data[f"w{i}"] for i in range(int(data["layers"]))], data["x"], int(data["runs"])
+inp = keras.Input(x.shape[1:])
+h = inp
+for _ in ws:
+    h = lq.layers.QuantConv2D(ws[0].shape[0], 3, padding="same", pad_values=1.0,
+                              input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+                              kernel_constraint="weight_clip", use_bias=False)(h)
+model = keras.Model(inp, h)
+convs = [lay for lay in model.layers if isinstance(lay, lq.layers.QuantConv2D)]
+for lay, w in zip(convs, ws):
+    lay.set_weights([np.transpose(w, (2, 3, 1, 0)).astype(np.float32)])
+fb = lce.convert_keras_model(model)
+m = tflite.Model.GetRootAsModel(fb, 0)
+codes = [m.OperatorCodes(i).CustomCode() for i in range(m.OperatorCodesLength())]
+sg = m.Subgraphs(0)
+ops = [codes[sg.Operators(i).OpcodeIndex()] for i in range(sg.OperatorsLength())]
+n_bconv = sum(1 for o in ops if o == b"LceBconv2d")
+it = Interpreter(fb, num_threads=1)
+y = np.asarray(it.predict(x))
+for _ in range(3):
+    it.predict(x)
+times = []
+for _ in range(runs):
+    t0 = time.perf_counter()
+    it.predict(x)
+    times.append((time.perf_counter() - t0) * 1e3)
+np.save(sys.argv[2], y)
+print("LCE_RESULT " + json.dumps({"ms": statistics.median(times), "n_bconv": n_bconv}))
+"""
+
+
+def bench_lce(weights: list[np.ndarray], x: np.ndarray, runs: int) -> tuple[float, int,
+                                                                           np.ndarray] | None:
+    """Median ms, LceBconv2d count and NCHW output of the stack in the LCE interpreter.
+
+    Needs the `larq` extra (tensorflow-cpu, tf-keras, larq, larq-compute-engine, tflite);
+    returns None when they are not importable. Conversion runs in a subprocess (it can
+    abort the process). LCE on x86 runs its portable kernels (1 thread here).
     """
-    try:
-        import larq_compute_engine  # noqa: F401
-    except ImportError:
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    needed = ("larq_compute_engine", "larq", "tf_keras", "tflite")
+    if any(importlib.util.find_spec(m) is None for m in needed):
         return None
-    print("  (LCE importable, but the LCE benchmark hook is not implemented yet)")
-    return None
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "in.npz", Path(tmp) / "y.npy"
+        np.savez(inp, x=np.transpose(x, (0, 2, 3, 1)), layers=len(weights),
+                 runs=max(5, runs // 5), **{f"w{i}": w for i, w in enumerate(weights)})
+        res = subprocess.run([sys.executable, "-c", LCE_WORKER, str(inp), str(out)],
+                             capture_output=True, text=True, timeout=900)
+        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("LCE_RESULT ")]
+        if res.returncode != 0 or not lines:
+            print(f"  LCE worker failed (exit {res.returncode}): {res.stderr[-800:]}")
+            return None
+        info = json.loads(lines[-1].split(" ", 1)[1])
+        y = np.transpose(np.load(out), (0, 3, 1, 2))
+    return float(info["ms"]), int(info["n_bconv"]), y
 
 
 def main() -> None:
@@ -169,14 +244,8 @@ def main() -> None:
     print(f"native kernel variant: {native.kernel_name()} (available: "
           f"{','.join(native.available_kernels())})")
 
-    # (a) ours in onnxruntime
     ours = onnx_session(ours_model(weights, pad_value=1, bias=0.0), num_threads=threads)
-    t_ours = median_ms(lambda: ours.run(None, {"x0": x}), runs)
-    print(f"(a) ours, BinaryConv2d in onnxruntime (pad_value 1): {t_ours:8.3f} ms")
     ours0 = onnx_session(ours_model(weights, pad_value=0, bias=0.0), num_threads=threads)
-    t_ours0 = median_ms(lambda: ours0.run(None, {"x0": x}), runs)
-    print(f"    ours, pad_value 0:                              {t_ours0:8.3f} ms")
-
     packed = [onnx_ops.pack_conv_weights(w) for w in weights]
     ones, zeros = np.ones(C, np.float32), np.zeros(C, np.float32)
 
@@ -186,22 +255,32 @@ def main() -> None:
             h = native.binary_conv2d(h, wp, ones, zeros, channels_in=C, kernel_shape=(3, 3),
                                      pads=(1, 1, 1, 1), num_threads=threads)
 
-    t_direct = median_ms(direct, runs)
-    print(f"    ours, native kernel via ctypes (no onnxruntime): {t_direct:8.3f} ms")
-
-    # (b) OpenVINO BinaryConvolution
-    t_ov = None
+    fsess = ort_float_session(float_model(weights), threads)
+    engines: dict[str, Callable[[], object]] = {
+        "ours": lambda: ours.run(None, {"x0": x}),
+        "ours0": lambda: ours0.run(None, {"x0": x}),
+        "direct": direct,
+        "float": lambda: fsess.run(None, {"x0": x}),
+    }
+    ov_types: list[str] = []
     try:
         import openvino  # noqa: F401
     except ImportError:
         print("(b) OpenVINO not installed: skipped")
     else:
-        compiled, types = openvino_compiled(openvino_onnx_model(weights, bias=0.0), threads)
-        n_bin = types.count("BinaryConvolution")
+        compiled, ov_types = openvino_compiled(openvino_onnx_model(weights, bias=0.0), threads)
         req = compiled.create_infer_request()
-        t_ov = median_ms(lambda: req.infer({0: x}), runs)
+        engines["openvino"] = lambda: req.infer({0: x})
+    t = interleaved_median_ms(engines, runs)
+    t_ours, t_float, t_ov = t["ours"], t["float"], t.get("openvino")
+
+    print(f"(a) ours, BinaryConv2d in onnxruntime (pad_value 1): {t_ours:8.3f} ms")
+    print(f"    ours, pad_value 0:                              {t['ours0']:8.3f} ms")
+    print(f"    ours, native kernel via ctypes (no onnxruntime): {t['direct']:8.3f} ms")
+    if t_ov is not None:
         print(f"(b) OpenVINO FakeQuantize+Conv:                     {t_ov:8.3f} ms  "
-              f"(runtime ops: {n_bin} BinaryConvolution of {len(types)})")
+              f"(runtime ops: {ov_types.count('BinaryConvolution')} BinaryConvolution of "
+              f"{len(ov_types)})")
         # exactness: bias 0.5 keeps every intermediate value away from 0 (the one input
         # where sign conventions could differ), so the comparison is about the convs
         ovb, types_b = openvino_compiled(openvino_onnx_model(weights, bias=0.5), threads)
@@ -213,25 +292,27 @@ def main() -> None:
             diff = int(np.count_nonzero(y_ours != y_ov))
             print(f"    OpenVINO (bias 0.5, {types_b.count('BinaryConvolution')} "
                   f"BinaryConvolution) == ours pad_value {pv}: {same} ({diff} values differ)")
-
-    # (c) onnxruntime float Conv
-    fsess = ort_float_session(float_model(weights), threads)
-    t_float = median_ms(lambda: fsess.run(None, {"x0": x}), max(10, runs // 4))
     print(f"(c) onnxruntime float Conv:                         {t_float:8.3f} ms")
 
     # (d) LCE
-    t_lce = bench_lce(weights, x, runs)
-    if t_lce is None:
-        print("(d) LCE: skipped (larq_compute_engine not importable / hook not filled)")
+    lce = bench_lce(weights, x, runs)
+    t_lce = None
+    if lce is None:
+        print("(d) LCE: skipped (larq extra not importable)")
     else:
-        print(f"(d) LCE:                                            {t_lce:8.3f} ms")
+        t_lce, n_bconv, y_lce = lce
+        y_ours = ours.run(None, {"x0": x})[0]
+        print(f"(d) LCE interpreter (x86 portable kernels):         {t_lce:8.3f} ms  "
+              f"({n_bconv} LceBconv2d ops; output == ours pad_value 1: "
+              f"{np.array_equal(y_lce, y_ours)}, max |diff| {np.abs(y_lce - y_ours).max()})")
 
     # per-op overhead of the custom-op route
     tiny_x = rng.standard_normal((1, 32, 1, 1)).astype(np.float32)
     s_tiny = onnx_session(tiny_model(True), num_threads=threads)
     s_id = ort_float_session(tiny_model(False), threads)
-    t_tiny = median_ms(lambda: s_tiny.run(None, {"x0": tiny_x}), 2000, warmup=100)
-    t_id = median_ms(lambda: s_id.run(None, {"x0": tiny_x}), 2000, warmup=100)
+    tt = interleaved_median_ms({"tiny": lambda: s_tiny.run(None, {"x0": tiny_x}),
+                                "id": lambda: s_id.run(None, {"x0": tiny_x})}, 2000, 100)
+    t_tiny, t_id = tt["tiny"], tt["id"]
     print(f"per-op overhead: 1x1 BinaryConv2d on 1x32x1x1 {t_tiny * 1e3:.1f} us per session "
           f"run, Identity-only session {t_id * 1e3:.1f} us -> op cost ~"
           f"{(t_tiny - t_id) * 1e3:.1f} us")
