@@ -61,7 +61,12 @@ static inline void epilogue(const bnn_plan* p, __m512i acc, int64_t blk, int64_t
   const int64_t oc = g * p->og + ol;
   __m256i pop = _mm512_cvtepi64_epi32(acc);
   __m256i v = _mm256_sub_epi32(_mm256_set1_epi32((int)p->ktotal), _mm256_add_epi32(pop, pop));
-  if (p->corr && p->blk_border[blk]) {
+  if (p->corr16 && p->blk_border[blk]) {
+    __m512i idx = _mm512_castsi256_si512(
+        _mm256_loadu_si256((const __m256i*)(p->pix_cls_raw + blk * L)));
+    __m512i tab = _mm512_loadu_si512(p->corr16 + (g * p->ogp + ol) * 16);
+    v = _mm256_sub_epi32(v, _mm512_castsi512_si256(_mm512_permutexvar_epi32(idx, tab)));
+  } else if (p->corr && p->blk_border[blk]) {
     __m256i idx = _mm256_loadu_si256((const __m256i*)(p->pix_cls + blk * L));
     const int32_t* cb = p->corr + g * p->ncls * p->ogp + ol;
     v = _mm256_sub_epi32(v, _mm256_i32gather_epi32((const int*)cb, idx, 4));

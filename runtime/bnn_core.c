@@ -23,7 +23,18 @@ static int set_err(int code, const char* fmt, ...) {
 const char* bnn_last_error(void) { return g_err; }
 
 /* ------------------------------------------------------------------ helpers */
-static inline int popcount64(uint64_t v) { return __builtin_popcountll(v); }
+/* SWAR popcount: the portable build has no popcnt instruction, and libgcc's
+ * __popcountdi2 fallback is a slow out-of-line call. */
+static inline int popcount64(uint64_t v) {
+#if defined(__POPCNT__) || defined(__aarch64__)
+  return __builtin_popcountll(v);
+#else
+  v = v - ((v >> 1) & UINT64_C(0x5555555555555555));
+  v = (v & UINT64_C(0x3333333333333333)) + ((v >> 2) & UINT64_C(0x3333333333333333));
+  v = (v + (v >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
+  return (int)((v * UINT64_C(0x0101010101010101)) >> 56);
+#endif
+}
 
 int64_t bnn_weight_words(int64_t cg) { return (cg + 31) / 32; }
 
@@ -170,6 +181,8 @@ static void plan_free(bnn_plan* p) {
   free(p->pix_cls);
   free(p->blk_border);
   free(p->corr);
+  free(p->corr16);
+  free(p->pix_cls_raw);
 }
 
 static int plan_build(bnn_plan* p, const bnn_variant* v, const bnn_conv_params* cp,
@@ -283,19 +296,20 @@ static int plan_build(bnn_plan* p, const bnn_variant* v, const bnn_conv_params* 
       free(ry); free(rx); free(cy); free(cx); free(uy); free(ux); free(ws);
       goto nomem;
     }
+    /* corr = (sum of all taps) - (sum of the taps inside the valid ky x kx range) */
     for (int64_t g = 0; g < p->group; g++)
-      for (int64_t a = 0; a < nry; a++)
-        for (int64_t b = 0; b < nrx; b++)
-          for (int64_t ol = 0; ol < p->og; ol++) {
-            int32_t s = 0;
-            for (int64_t ky = 0; ky < p->kh; ky++)
-              for (int64_t kx = 0; kx < p->kw; kx++) {
-                int inside = ky >= uy[2 * a] && ky <= uy[2 * a + 1] && kx >= ux[2 * b] &&
-                             kx <= ux[2 * b + 1];
-                if (!inside) s += ws[(g * p->og + ol) * ntap + ky * p->kw + kx];
-              }
-            p->corr[((g * p->ncls) + a * nrx + b) * p->ogp + ol] = s;
+      for (int64_t ol = 0; ol < p->og; ol++) {
+        const int32_t* wt = ws + (g * p->og + ol) * ntap;
+        int32_t total = 0;
+        for (int64_t t = 0; t < ntap; t++) total += wt[t];
+        for (int64_t a = 0; a < nry; a++)
+          for (int64_t b = 0; b < nrx; b++) {
+            int32_t inside = 0;
+            for (int64_t ky = uy[2 * a]; ky <= uy[2 * a + 1]; ky++)
+              for (int64_t kx = ux[2 * b]; kx <= ux[2 * b + 1]; kx++) inside += wt[ky * p->kw + kx];
+            p->corr[((g * p->ncls) + a * nrx + b) * p->ogp + ol] = total - inside;
           }
+      }
     for (int64_t q = 0; q < p->nblk * L; q++) {
       int64_t pix = q < p->npix ? q : 0;
       int64_t oy = pix / wo, ox = pix % wo;
@@ -304,6 +318,20 @@ static int plan_build(bnn_plan* p, const bnn_variant* v, const bnn_conv_params* 
                  rx[2 * ox + 1] == p->kw - 1;
       p->pix_cls[q] = (int32_t)(k * p->ogp);
       if (!full && q < p->npix) p->blk_border[q / L] = 1;
+    }
+    if (p->ncls <= 16) {
+      p->corr16 = calloc((size_t)(p->group * p->ogp * 16), sizeof(int32_t));
+      p->pix_cls_raw = malloc((size_t)(p->nblk * L) * sizeof(int32_t));
+      if (!p->corr16 || !p->pix_cls_raw) {
+        free(ry); free(rx); free(cy); free(cx); free(uy); free(ux); free(ws);
+        goto nomem;
+      }
+      for (int64_t g = 0; g < p->group; g++)
+        for (int64_t k = 0; k < p->ncls; k++)
+          for (int64_t ol = 0; ol < p->ogp; ol++)
+            p->corr16[(g * p->ogp + ol) * 16 + k] = p->corr[(g * p->ncls + k) * p->ogp + ol];
+      for (int64_t q = 0; q < p->nblk * L; q++)
+        p->pix_cls_raw[q] = (int32_t)(p->pix_cls[q] / p->ogp);
     }
     free(ry); free(rx); free(cy); free(cx); free(uy); free(ux); free(ws);
   }

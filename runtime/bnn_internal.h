@@ -31,6 +31,10 @@ typedef struct bnn_plan {
   uint8_t* blk_border;    /* [nblk]: block has a pixel with padded taps */
   int32_t* corr;          /* [group][ncls][OGP] */
   int64_t ncls;
+  /* when ncls <= 16: corr16 [group][OGP][16] and raw class ids per pixel, so a vector
+   * kernel can fetch 8 pixels' corrections with one in-register permute */
+  int32_t* corr16;
+  int32_t* pix_cls_raw;   /* [nblk * L] */
   const float* mult;
   const float* bias;
 } bnn_plan;
