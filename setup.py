@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Command, setup
+from setuptools import Command, Distribution, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -130,4 +130,14 @@ class BuildPyWithNative(build_py):
                 shutil.copy2(f, dest / f.name)
 
 
-setup(cmdclass={"build_py": BuildPyWithNative, "build_native": BuildNative})
+class NativeDistribution(Distribution):
+    """The wheel carries native libraries: tag it for the platform, not py3-none-any."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
+setup(
+    cmdclass={"build_py": BuildPyWithNative, "build_native": BuildNative},
+    distclass=NativeDistribution,
+)
