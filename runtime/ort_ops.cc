@@ -32,10 +32,16 @@ void RunTask(void* user, size_t i) {
   t->fn(t->arg, i);
 }
 
+// Called from C code: must not throw. If onnxruntime refuses the parallel-for, run the
+// tasks on this thread (every task is idempotent, so re-running any is harmless).
 void OrtParallelFor(void* pool_ctx, bnn_task_fn fn, void* fn_arg, size_t total) {
   auto* pc = static_cast<PoolCtx*>(pool_ctx);
   Trampoline t{fn, fn_arg};
-  Ort::KernelContext(pc->ctx).ParallelFor(RunTask, total, 0, &t);
+  OrtStatus* st = Ort::GetApi().KernelContext_ParallelFor(pc->ctx, RunTask, total, 0, &t);
+  if (st) {
+    Ort::GetApi().ReleaseStatus(st);
+    for (size_t i = 0; i < total; i++) fn(fn_arg, i);
+  }
 }
 
 bool GetInt(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out) {

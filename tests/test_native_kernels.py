@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,17 @@ from bnn_export.runtime import native
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = native.available_kernels()
+
+
+def test_expected_variants_built() -> None:
+    """A CPU with SIMD support must get its SIMD variant, not only the portable one."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if platform.machine() == "x86_64" and " avx2" in flags:
+        assert "avx2" in VARIANTS
+    if platform.machine() == "x86_64" and " avx512_vpopcntdq" in flags and " avx512vl" in flags:
+        assert "avx512" in VARIANTS
+    if platform.machine() == "aarch64":
+        assert "neon" in VARIANTS
 
 
 def _check(conv: Conv, variant: str, seed: int, affine: bool = False,
@@ -38,6 +50,7 @@ def _check(conv: Conv, variant: str, seed: int, affine: bool = False,
 
 def test_variants_detected() -> None:
     assert "portable" in VARIANTS
+    native.set_kernel("auto")
     assert native.kernel_name() == VARIANTS[-1]  # auto picks the best
 
 
