@@ -114,7 +114,9 @@ struct BinaryConv2d {
     bnn_conv_params p{xs[0], xs[1], xs[2], xs[3], o, kh_, kw_, sh_, sw_, dh_, dw_,
                       pt_, pl_, pb_, pr_, group_, pad_value_};
     int64_t ho = 0, wo = 0;
-    if (bnn_conv2d_output_shape(&p, &ho, &wo) != BNN_OK) return Fail(bnn_last_error());
+    bnn_conv_params shape_p = p;
+    if (shape_p.n == 0) shape_p.n = 1;  // empty batch: still validate, output is empty
+    if (bnn_conv2d_output_shape(&shape_p, &ho, &wo) != BNN_OK) return Fail(bnn_last_error());
     float* y = Y.Allocate({xs[0], o, ho, wo});
     if (xs[0] * o * ho * wo == 0) return Ort::Status{nullptr};
     PoolCtx pc{ctx};

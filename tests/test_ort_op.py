@@ -92,3 +92,13 @@ def test_bad_weight_shape_is_reported() -> None:
     sess = onnx_session(model)
     with pytest.raises(Exception, match="BinaryConv2d: W.shape"):
         sess.run(None, {"X": x})
+
+
+def test_empty_batch() -> None:
+    conv = EDGE_CASES[1]
+    _, _, w = random_inputs(conv, 0)
+    m, b = np.ones(conv.o, np.float32), np.zeros(conv.o, np.float32)
+    x = np.zeros((0, conv.c, conv.h, conv.w), np.float32)
+    y, h = onnx_session(_model(conv, w, m, b)).run(None, {"X": x})
+    assert h.shape == (0, conv.o, conv.h, conv.w)
+    assert y.shape == (0, conv.group * 2, conv.h, conv.w)
