@@ -292,6 +292,20 @@ def main() -> None:
             diff = int(np.count_nonzero(y_ours != y_ov))
             print(f"    OpenVINO (bias 0.5, {types_b.count('BinaryConvolution')} "
                   f"BinaryConvolution) == ours pad_value {pv}: {same} ({diff} values differ)")
+        # how does OpenVINO binarize an exact 0.0? (ours: 0.0 -> +1, the LCE convention)
+        xz = x.copy()
+        xz[:, : C // 2] = 0.0
+        one, _ = openvino_compiled(openvino_onnx_model(weights[:1], bias=0.0), threads)
+        y_ov1 = next(iter(one.create_infer_request().infer({0: xz}).values()))
+        s1 = onnx_session(ours_model(weights[:1], pad_value=0, bias=0.0))
+        plus = np.array_equal(s1.run(None, {"x0": xz})[0], y_ov1)
+        minus = np.array_equal(
+            s1.run(None, {"x0": np.where(xz == 0, np.float32(-1), xz)})[0], y_ov1)
+        print(f"    OpenVINO FakeQuantize binarizes 0.0 to: "
+              f"{'+1' if plus else '-1' if minus else 'neither (unexpected)'} "
+              f"(ours: +1); with bias 0 the stacks differ wherever an intermediate is 0")
+        if ov_types.count("BinaryConvolution") != LAYERS:
+            print("    WARNING: OpenVINO did not compile every conv to BinaryConvolution")
     print(f"(c) onnxruntime float Conv:                         {t_float:8.3f} ms")
 
     # (d) LCE
