@@ -27,8 +27,15 @@ OBJ_DIR = ROOT / "build" / "native"
 KERNEL_LIB = "libbnn_kernels.so"
 ORT_LIB = "libbnn_ort.so"
 
-COMMON_CFLAGS = ["-std=c11", "-O3", "-fPIC", "-ffp-contract=off", "-fvisibility=hidden",
-                 "-pthread", "-Wall"]
+COMMON_CFLAGS = [
+    "-std=c11",
+    "-O3",
+    "-fPIC",
+    "-ffp-contract=off",
+    "-fvisibility=hidden",
+    "-pthread",
+    "-Wall",
+]
 X86_SOURCES = {
     "bnn_core.c": [],
     "bnn_avx2.c": ["-mavx2", "-mpopcnt"],
@@ -98,9 +105,26 @@ def build_native() -> list[Path]:
             "ORT_INCLUDE_DIR) and reinstall."
         )
         return built
-    _run([cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall",
-          f"-I{include}", f"-I{RUNTIME}", str(RUNTIME / "ort_ops.cc"), "-o", str(ort_lib),
-          f"-L{LIB_DIR}", "-l:" + KERNEL_LIB, "-Wl,-rpath,$ORIGIN", "-pthread"])
+    _run(
+        [
+            cxx,
+            "-std=c++17",
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-fvisibility=hidden",
+            "-Wall",
+            f"-I{include}",
+            f"-I{RUNTIME}",
+            str(RUNTIME / "ort_ops.cc"),
+            "-o",
+            str(ort_lib),
+            f"-L{LIB_DIR}",
+            "-l:" + KERNEL_LIB,
+            "-Wl,-rpath,$ORIGIN",
+            "-pthread",
+        ]
+    )
     built.append(ort_lib)
     return built
 

@@ -45,8 +45,9 @@ def median_ms(fn: Callable[[], object], runs: int, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
-def interleaved_median_ms(fns: dict[str, Callable[[], object]], runs: int,
-                          warmup: int = 5) -> dict[str, float]:
+def interleaved_median_ms(
+    fns: dict[str, Callable[[], object]], runs: int, warmup: int = 5
+) -> dict[str, float]:
     """Median ms of each callable, timed round-robin so that machine noise (frequency,
     neighbours) hits all engines alike."""
     for fn in fns.values():
@@ -61,10 +62,16 @@ def interleaved_median_ms(fns: dict[str, Callable[[], object]], runs: int,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], c_in: int,
-           extra_domain: str | None, hw: int = HW) -> onnx.ModelProto:
+def _model(
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    c_in: int,
+    extra_domain: str | None,
+    hw: int = HW,
+) -> onnx.ModelProto:
     graph = helper.make_graph(
-        nodes, "stack",
+        nodes,
+        "stack",
         [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, c_in, hw, hw])],
         [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
         initializer=inits,
@@ -83,27 +90,44 @@ def ours_model(weights: list[np.ndarray], pad_value: int, bias: float) -> onnx.M
             numpy_helper.from_array(np.ones(C, np.float32), f"m{i}"),
             numpy_helper.from_array(np.full(C, bias, np.float32), f"b{i}"),
         ]
-        nodes.append(onnx_ops.make_binary_conv2d_node(
-            [f"x{i}", f"w{i}", f"m{i}", f"b{i}"], [f"x{i + 1}"], channels_in=C,
-            kernel_shape=(3, 3), pads=(1, 1, 1, 1), pad_value=pad_value))
+        nodes.append(
+            onnx_ops.make_binary_conv2d_node(
+                [f"x{i}", f"w{i}", f"m{i}", f"b{i}"],
+                [f"x{i + 1}"],
+                channels_in=C,
+                kernel_shape=(3, 3),
+                pads=(1, 1, 1, 1),
+                pad_value=pad_value,
+            )
+        )
     return _model(nodes, inits, C, onnx_ops.DOMAIN)
 
 
 def openvino_onnx_model(weights: list[np.ndarray], bias: float) -> onnx.ModelProto:
     """FakeQuantize(levels=2) + Conv (+ Add bias) per layer; zero padding."""
     nodes = []
-    inits = [numpy_helper.from_array(np.array(v, np.float32), n)
-             for n, v in (("lo", -1.0), ("hi", 1.0))]
+    inits = [
+        numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", -1.0), ("hi", 1.0))
+    ]
     for i, w in enumerate(weights):
         inits.append(numpy_helper.from_array(w.astype(np.float32), f"w{i}"))
-        nodes.append(helper.make_node("FakeQuantize", [f"x{i}", "lo", "hi", "lo", "hi"],
-                                      [f"q{i}"], domain=OPENVINO_DOMAIN, levels=2))
+        nodes.append(
+            helper.make_node(
+                "FakeQuantize",
+                [f"x{i}", "lo", "hi", "lo", "hi"],
+                [f"q{i}"],
+                domain=OPENVINO_DOMAIN,
+                levels=2,
+            )
+        )
         conv_out = f"c{i}" if bias else f"x{i + 1}"
-        nodes.append(helper.make_node("Conv", [f"q{i}", f"w{i}"], [conv_out],
-                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        nodes.append(
+            helper.make_node(
+                "Conv", [f"q{i}", f"w{i}"], [conv_out], kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+            )
+        )
         if bias:
-            inits.append(numpy_helper.from_array(np.full((1, C, 1, 1), bias, np.float32),
-                                                 f"b{i}"))
+            inits.append(numpy_helper.from_array(np.full((1, C, 1, 1), bias, np.float32), f"b{i}"))
             nodes.append(helper.make_node("Add", [conv_out, f"b{i}"], [f"x{i + 1}"]))
     return _model(nodes, inits, C, OPENVINO_DOMAIN)
 
@@ -112,8 +136,11 @@ def float_model(weights: list[np.ndarray]) -> onnx.ModelProto:
     nodes, inits = [], []
     for i, w in enumerate(weights):
         inits.append(numpy_helper.from_array(w.astype(np.float32), f"w{i}"))
-        nodes.append(helper.make_node("Conv", [f"x{i}", f"w{i}"], [f"x{i + 1}"],
-                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        nodes.append(
+            helper.make_node(
+                "Conv", [f"x{i}", f"w{i}"], [f"x{i + 1}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+            )
+        )
     return _model(nodes, inits, C, None)
 
 
@@ -122,11 +149,14 @@ def tiny_model(domain_op: bool) -> onnx.ModelProto:
     if not domain_op:
         return _model([helper.make_node("Identity", ["x0"], ["x1"])], [], 32, None, hw=1)
     w = np.ones((32, 32, 1, 1), np.int8)
-    inits = [numpy_helper.from_array(onnx_ops.pack_conv_weights(w), "w"),
-             numpy_helper.from_array(np.ones(32, np.float32), "m"),
-             numpy_helper.from_array(np.zeros(32, np.float32), "b")]
-    node = onnx_ops.make_binary_conv2d_node(["x0", "w", "m", "b"], ["x1"], channels_in=32,
-                                            kernel_shape=(1, 1))
+    inits = [
+        numpy_helper.from_array(onnx_ops.pack_conv_weights(w), "w"),
+        numpy_helper.from_array(np.ones(32, np.float32), "m"),
+        numpy_helper.from_array(np.zeros(32, np.float32), "b"),
+    ]
+    node = onnx_ops.make_binary_conv2d_node(
+        ["x0", "w", "m", "b"], ["x1"], channels_in=32, kernel_shape=(1, 1)
+    )
     return _model([node], inits, 32, onnx_ops.DOMAIN, hw=1)
 
 
@@ -136,8 +166,9 @@ def ort_float_session(model: onnx.ModelProto, threads: int) -> object:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), sess_options=opts,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
 
 
 def openvino_compiled(model: onnx.ModelProto, threads: int) -> tuple[object, list[str]]:
@@ -145,10 +176,13 @@ def openvino_compiled(model: onnx.ModelProto, threads: int) -> tuple[object, lis
 
     core = ov.Core()
     ov_model = core.read_model(model.SerializeToString(), b"")
-    compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                    "PERFORMANCE_HINT": "LATENCY"})
-    types = [op.get_rt_info()["layerType"].astype(str)
-             for op in compiled.get_runtime_model().get_ordered_ops()]
+    compiled = core.compile_model(
+        ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    )
+    types = [
+        op.get_rt_info()["layerType"].astype(str)
+        for op in compiled.get_runtime_model().get_ordered_ops()
+    ]
     return compiled, types
 
 
@@ -196,8 +230,9 @@ print("LCE_RESULT " + json.dumps({"ms": statistics.median(times), "n_bconv": n_b
 """
 
 
-def bench_lce(weights: list[np.ndarray], x: np.ndarray, runs: int) -> tuple[float, int,
-                                                                           np.ndarray] | None:
+def bench_lce(
+    weights: list[np.ndarray], x: np.ndarray, runs: int
+) -> tuple[float, int, np.ndarray] | None:
     """Median ms, LceBconv2d count and NCHW output of the stack in the LCE interpreter.
 
     Needs the `larq` extra (tensorflow-cpu, tf-keras, larq, larq-compute-engine, tflite);
@@ -216,10 +251,19 @@ def bench_lce(weights: list[np.ndarray], x: np.ndarray, runs: int) -> tuple[floa
         return None
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "in.npz", Path(tmp) / "y.npy"
-        np.savez(inp, x=np.transpose(x, (0, 2, 3, 1)), layers=len(weights),
-                 runs=max(5, runs // 5), **{f"w{i}": w for i, w in enumerate(weights)})
-        res = subprocess.run([sys.executable, "-c", LCE_WORKER, str(inp), str(out)],
-                             capture_output=True, text=True, timeout=900)
+        np.savez(
+            inp,
+            x=np.transpose(x, (0, 2, 3, 1)),
+            layers=len(weights),
+            runs=max(5, runs // 5),
+            **{f"w{i}": w for i, w in enumerate(weights)},
+        )
+        res = subprocess.run(
+            [sys.executable, "-c", LCE_WORKER, str(inp), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         lines = [ln for ln in res.stdout.splitlines() if ln.startswith("LCE_RESULT ")]
         if res.returncode != 0 or not lines:
             print(f"  LCE worker failed (exit {res.returncode}): {res.stderr[-800:]}")
@@ -239,10 +283,14 @@ def main() -> None:
     weights = [rng.choice(np.array([-1, 1], np.int8), size=(C, C, 3, 3)) for _ in range(LAYERS)]
     x = rng.standard_normal((1, C, HW, HW)).astype(np.float32)
     macs = LAYERS * HW * HW * C * C * 9
-    print(f"stack: {LAYERS} x conv3x3 {HW}x{HW}x{C}->{C}, pad 1, {macs / 1e9:.2f} G binary MACs,"
-          f" threads={threads}, median of {runs} runs")
-    print(f"native kernel variant: {native.kernel_name()} (available: "
-          f"{','.join(native.available_kernels())})")
+    print(
+        f"stack: {LAYERS} x conv3x3 {HW}x{HW}x{C}->{C}, pad 1, {macs / 1e9:.2f} G binary MACs,"
+        f" threads={threads}, median of {runs} runs"
+    )
+    print(
+        f"native kernel variant: {native.kernel_name()} (available: "
+        f"{','.join(native.available_kernels())})"
+    )
 
     ours = onnx_session(ours_model(weights, pad_value=1, bias=0.0), num_threads=threads)
     ours0 = onnx_session(ours_model(weights, pad_value=0, bias=0.0), num_threads=threads)
@@ -252,8 +300,16 @@ def main() -> None:
     def direct() -> None:
         h = x
         for wp in packed:
-            h = native.binary_conv2d(h, wp, ones, zeros, channels_in=C, kernel_shape=(3, 3),
-                                     pads=(1, 1, 1, 1), num_threads=threads)
+            h = native.binary_conv2d(
+                h,
+                wp,
+                ones,
+                zeros,
+                channels_in=C,
+                kernel_shape=(3, 3),
+                pads=(1, 1, 1, 1),
+                num_threads=threads,
+            )
 
     fsess = ort_float_session(float_model(weights), threads)
     engines: dict[str, Callable[[], object]] = {
@@ -278,20 +334,25 @@ def main() -> None:
     print(f"    ours, pad_value 0:                              {t['ours0']:8.3f} ms")
     print(f"    ours, native kernel via ctypes (no onnxruntime): {t['direct']:8.3f} ms")
     if t_ov is not None:
-        print(f"(b) OpenVINO FakeQuantize+Conv:                     {t_ov:8.3f} ms  "
-              f"(runtime ops: {ov_types.count('BinaryConvolution')} BinaryConvolution of "
-              f"{len(ov_types)})")
+        print(
+            f"(b) OpenVINO FakeQuantize+Conv:                     {t_ov:8.3f} ms  "
+            f"(runtime ops: {ov_types.count('BinaryConvolution')} BinaryConvolution of "
+            f"{len(ov_types)})"
+        )
         # exactness: bias 0.5 keeps every intermediate value away from 0 (the one input
         # where sign conventions could differ), so the comparison is about the convs
         ovb, types_b = openvino_compiled(openvino_onnx_model(weights, bias=0.5), threads)
         y_ov = next(iter(ovb.create_infer_request().infer({0: x}).values()))
         for pv in (0, 1):
-            y_ours = onnx_session(ours_model(weights, pad_value=pv, bias=0.5)).run(
-                None, {"x0": x})[0]
+            y_ours = onnx_session(ours_model(weights, pad_value=pv, bias=0.5)).run(None, {"x0": x})[
+                0
+            ]
             same = np.array_equal(y_ours, y_ov)
             diff = int(np.count_nonzero(y_ours != y_ov))
-            print(f"    OpenVINO (bias 0.5, {types_b.count('BinaryConvolution')} "
-                  f"BinaryConvolution) == ours pad_value {pv}: {same} ({diff} values differ)")
+            print(
+                f"    OpenVINO (bias 0.5, {types_b.count('BinaryConvolution')} "
+                f"BinaryConvolution) == ours pad_value {pv}: {same} ({diff} values differ)"
+            )
         # how does OpenVINO binarize an exact 0.0? (ours: 0.0 -> +1, the LCE convention)
         xz = x.copy()
         xz[:, : C // 2] = 0.0
@@ -300,10 +361,13 @@ def main() -> None:
         s1 = onnx_session(ours_model(weights[:1], pad_value=0, bias=0.0))
         plus = np.array_equal(s1.run(None, {"x0": xz})[0], y_ov1)
         minus = np.array_equal(
-            s1.run(None, {"x0": np.where(xz == 0, np.float32(-1), xz)})[0], y_ov1)
-        print(f"    OpenVINO FakeQuantize binarizes 0.0 to: "
-              f"{'+1' if plus else '-1' if minus else 'neither (unexpected)'} "
-              f"(ours: +1); with bias 0 the stacks differ wherever an intermediate is 0")
+            s1.run(None, {"x0": np.where(xz == 0, np.float32(-1), xz)})[0], y_ov1
+        )
+        print(
+            f"    OpenVINO FakeQuantize binarizes 0.0 to: "
+            f"{'+1' if plus else '-1' if minus else 'neither (unexpected)'} "
+            f"(ours: +1); with bias 0 the stacks differ wherever an intermediate is 0"
+        )
         if ov_types.count("BinaryConvolution") != LAYERS:
             print("    WARNING: OpenVINO did not compile every conv to BinaryConvolution")
     print(f"(c) onnxruntime float Conv:                         {t_float:8.3f} ms")
@@ -316,20 +380,30 @@ def main() -> None:
     else:
         t_lce, n_bconv, y_lce = lce
         y_ours = ours.run(None, {"x0": x})[0]
-        print(f"(d) LCE interpreter (x86 portable kernels):         {t_lce:8.3f} ms  "
-              f"({n_bconv} LceBconv2d ops; output == ours pad_value 1: "
-              f"{np.array_equal(y_lce, y_ours)}, max |diff| {np.abs(y_lce - y_ours).max()})")
+        print(
+            f"(d) LCE interpreter (x86 portable kernels):         {t_lce:8.3f} ms  "
+            f"({n_bconv} LceBconv2d ops; output == ours pad_value 1: "
+            f"{np.array_equal(y_lce, y_ours)}, max |diff| {np.abs(y_lce - y_ours).max()})"
+        )
 
     # per-op overhead of the custom-op route
     tiny_x = rng.standard_normal((1, 32, 1, 1)).astype(np.float32)
     s_tiny = onnx_session(tiny_model(True), num_threads=threads)
     s_id = ort_float_session(tiny_model(False), threads)
-    tt = interleaved_median_ms({"tiny": lambda: s_tiny.run(None, {"x0": tiny_x}),
-                                "id": lambda: s_id.run(None, {"x0": tiny_x})}, 2000, 100)
+    tt = interleaved_median_ms(
+        {
+            "tiny": lambda: s_tiny.run(None, {"x0": tiny_x}),
+            "id": lambda: s_id.run(None, {"x0": tiny_x}),
+        },
+        2000,
+        100,
+    )
     t_tiny, t_id = tt["tiny"], tt["id"]
-    print(f"per-op overhead: 1x1 BinaryConv2d on 1x32x1x1 {t_tiny * 1e3:.1f} us per session "
-          f"run, Identity-only session {t_id * 1e3:.1f} us -> op cost ~"
-          f"{(t_tiny - t_id) * 1e3:.1f} us")
+    print(
+        f"per-op overhead: 1x1 BinaryConv2d on 1x32x1x1 {t_tiny * 1e3:.1f} us per session "
+        f"run, Identity-only session {t_id * 1e3:.1f} us -> op cost ~"
+        f"{(t_tiny - t_id) * 1e3:.1f} us"
+    )
 
     print("ratios (speedup = other / ours, target >= 1.3 vs OpenVINO, >= 10 vs float):")
     if t_ov is not None:

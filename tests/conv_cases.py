@@ -96,8 +96,9 @@ def convs(draw: st.DrawFn) -> Conv:
         pad_value=draw(st.sampled_from((0, 1))),
     )
     if not conv.valid():
-        conv = Conv(**{**asdict(conv), "h": conv.dh * (conv.kh - 1) + 1,
-                       "w": conv.dw * (conv.kw - 1) + 1})
+        conv = Conv(
+            **{**asdict(conv), "h": conv.dh * (conv.kh - 1) + 1, "w": conv.dw * (conv.kw - 1) + 1}
+        )
     return conv
 
 
@@ -108,6 +109,7 @@ def random_inputs(conv: Conv, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
     specials = np.array([0.0, -0.0, np.nan, np.inf, -np.inf], dtype=np.float32)
     mask = rng.random(x.shape) < 0.1
     x[mask] = rng.choice(specials, size=int(mask.sum()))
-    w_pm1 = rng.choice(np.array([-1, 1], dtype=np.int8), size=(conv.o, conv.c // conv.group,
-                                                                conv.kh, conv.kw))
+    w_pm1 = rng.choice(
+        np.array([-1, 1], dtype=np.int8), size=(conv.o, conv.c // conv.group, conv.kh, conv.kw)
+    )
     return x, w_pm1, onnx_ops.pack_conv_weights(w_pm1)

@@ -30,8 +30,7 @@ def test_expected_variants_built() -> None:
         assert "neon" in VARIANTS
 
 
-def _check(conv: Conv, variant: str, seed: int, affine: bool = False,
-           num_threads: int = 1) -> None:
+def _check(conv: Conv, variant: str, seed: int, affine: bool = False, num_threads: int = 1) -> None:
     x, _, w = random_inputs(conv, seed)
     rng = np.random.default_rng(seed + 1)
     if affine:
@@ -61,8 +60,9 @@ def test_edge_cases_exact(variant: str, conv: Conv) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@settings(max_examples=40, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=40, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(conv=convs())
 def test_random_convs_exact(variant: str, conv: Conv) -> None:
     _check(conv, variant, seed=7)
@@ -106,8 +106,9 @@ def test_invalid_arguments_raise() -> None:
     with pytest.raises(native.KernelError, match="pad_value"):
         native.binary_conv2d(x, w, ones, zeros, **{**conv.attrs(), "pad_value": 2})
     with pytest.raises(native.KernelError, match="larger than padded input"):
-        native.binary_conv2d(x[:, :, :1, :1], w, ones, zeros,
-                             **{**conv.attrs(), "pads": (0, 0, 0, 0)})
+        native.binary_conv2d(
+            x[:, :, :1, :1], w, ones, zeros, **{**conv.attrs(), "pads": (0, 0, 0, 0)}
+        )
     with pytest.raises(ValueError, match="channels_in"):
         native.binary_conv2d(x, w, ones, zeros, **{**conv.attrs(), "channels_in": 4})
     with pytest.raises(native.KernelError, match="unknown kernel"):
@@ -131,16 +132,43 @@ def test_c_test_runner_native(tmp_path: Path) -> None:
     extra: list[str] = []
     objs = []
     if "avx512" in VARIANTS or "avx2" in VARIANTS:
-        for name, flags in (("bnn_avx2.c", ["-mavx2", "-mpopcnt"]),
-                            ("bnn_avx512.c", ["-mavx512f", "-mavx512vl", "-mavx512bw",
-                                              "-mavx512vpopcntdq"])):
+        for name, flags in (
+            ("bnn_avx2.c", ["-mavx2", "-mpopcnt"]),
+            ("bnn_avx512.c", ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512vpopcntdq"]),
+        ):
             obj = tmp_path / (name + ".o")
-            subprocess.run(["cc", "-std=c11", "-O2", "-ffp-contract=off", *flags, "-c",
-                            str(rt / name), "-o", str(obj)], check=True)
+            subprocess.run(
+                [
+                    "cc",
+                    "-std=c11",
+                    "-O2",
+                    "-ffp-contract=off",
+                    *flags,
+                    "-c",
+                    str(rt / name),
+                    "-o",
+                    str(obj),
+                ],
+                check=True,
+            )
             objs.append(str(obj))
-    subprocess.run(["cc", "-std=c11", "-O2", "-ffp-contract=off", *extra, f"-I{rt}",
-                    *map(str, srcs), *objs, "-o", str(exe), "-lpthread", "-lm"], check=True)
-    res = subprocess.run([str(exe), "300", "12345"], capture_output=True, text=True,
-                         timeout=120)
+    subprocess.run(
+        [
+            "cc",
+            "-std=c11",
+            "-O2",
+            "-ffp-contract=off",
+            *extra,
+            f"-I{rt}",
+            *map(str, srcs),
+            *objs,
+            "-o",
+            str(exe),
+            "-lpthread",
+            "-lm",
+        ],
+        check=True,
+    )
+    res = subprocess.run([str(exe), "300", "12345"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert " 0 failed" in res.stdout

@@ -22,13 +22,26 @@ def test_neon_kernel_exact_under_qemu(tmp_path: Path) -> None:
     rt = ROOT / "runtime"
     exe = tmp_path / "test_runner_aarch64"
     subprocess.run(
-        [CROSS_CC, "-std=c11", "-O2", "-static", "-ffp-contract=off", f"-I{rt}",
-         str(rt / "test_runner.c"), str(rt / "bnn_core.c"), str(rt / "bnn_neon.c"),
-         "-o", str(exe), "-lpthread", "-lm"],
+        [
+            CROSS_CC,
+            "-std=c11",
+            "-O2",
+            "-static",
+            "-ffp-contract=off",
+            f"-I{rt}",
+            str(rt / "test_runner.c"),
+            str(rt / "bnn_core.c"),
+            str(rt / "bnn_neon.c"),
+            "-o",
+            str(exe),
+            "-lpthread",
+            "-lm",
+        ],
         check=True,
     )
-    res = subprocess.run([QEMU, str(exe), "250", "4242"], capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        [QEMU, str(exe), "250", "4242"], capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "variants: portable neon" in res.stdout, res.stdout
     assert "500 passed, 0 failed" in res.stdout, res.stdout

@@ -16,8 +16,13 @@ F = torch.nn.functional
 def _oracle(conv: Conv, x: np.ndarray, w_pm1: np.ndarray) -> np.ndarray:
     a = torch.from_numpy(np.where(x >= 0, 1.0, -1.0).astype(np.float32))
     a = F.pad(a, (conv.left, conv.right, conv.top, conv.bottom), value=float(conv.pad_value))
-    y = F.conv2d(a, torch.from_numpy(w_pm1.astype(np.float32)), stride=(conv.sh, conv.sw),
-                 dilation=(conv.dh, conv.dw), groups=conv.group)
+    y = F.conv2d(
+        a,
+        torch.from_numpy(w_pm1.astype(np.float32)),
+        stride=(conv.sh, conv.sw),
+        dilation=(conv.dh, conv.dw),
+        groups=conv.group,
+    )
     return y.numpy()
 
 
@@ -32,8 +37,9 @@ def test_reference_matches_float_conv(conv: Conv) -> None:
     _check(conv, 1)
 
 
-@settings(max_examples=60, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(conv=convs())
 def test_reference_matches_float_conv_random(conv: Conv) -> None:
     _check(conv, 2)

@@ -18,29 +18,41 @@ def _model(conv: Conv, w: np.ndarray, m: np.ndarray, b: np.ndarray) -> onnx.Mode
     """BinaryConv2d -> Relu -> BinaryConv2d (1x1, grouped like the first)."""
     rng = np.random.default_rng(9)
     w2 = onnx_ops.pack_conv_weights(
-        rng.choice(np.array([-1, 1], np.int8), size=(conv.group * 2, conv.o // conv.group, 1, 1)))
+        rng.choice(np.array([-1, 1], np.int8), size=(conv.group * 2, conv.o // conv.group, 1, 1))
+    )
     nodes = [
         onnx_ops.make_binary_conv2d_node(["X", "W", "m", "b"], ["h"], **conv.attrs()),
         helper.make_node("Sub", ["h", "t"], ["h2"]),
-        onnx_ops.make_binary_conv2d_node(["h2", "W2", "m2", "b2"], ["Y"], channels_in=conv.o,
-                                         kernel_shape=(1, 1), group=conv.group),
+        onnx_ops.make_binary_conv2d_node(
+            ["h2", "W2", "m2", "b2"],
+            ["Y"],
+            channels_in=conv.o,
+            kernel_shape=(1, 1),
+            group=conv.group,
+        ),
     ]
     inits = [
-        numpy_helper.from_array(w, "W"), numpy_helper.from_array(m, "m"),
-        numpy_helper.from_array(b, "b"), numpy_helper.from_array(w2, "W2"),
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(m, "m"),
+        numpy_helper.from_array(b, "b"),
+        numpy_helper.from_array(w2, "W2"),
         numpy_helper.from_array(np.full(conv.group * 2, 0.5, np.float32), "m2"),
         numpy_helper.from_array(np.full(conv.group * 2, -1.0, np.float32), "b2"),
         numpy_helper.from_array(np.array(0.25, np.float32), "t"),
     ]
     graph = helper.make_graph(
-        nodes, "bnn",
+        nodes,
+        "bnn",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, conv.c, None, None])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("h", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, None),
+        ],
         initializer=inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                   helper.make_opsetid(onnx_ops.DOMAIN, 1)])
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnx_ops.DOMAIN, 1)]
+    )
 
 
 @pytest.mark.parametrize("conv", [EDGE_CASES[i] for i in (1, 2, 3, 4, 7, 8, 9, 14)], ids=str)
@@ -50,8 +62,7 @@ def test_session_matches_reference_evaluator(conv: Conv) -> None:
     m = rng.uniform(0.5, 2.0, conv.o).astype(np.float32)
     b = rng.standard_normal(conv.o).astype(np.float32)
     model = _model(conv, w, m, b)
-    want_y, want_h = ReferenceEvaluator(model, new_ops=[onnx_ops.BinaryConv2d]).run(
-        None, {"X": x})
+    want_y, want_h = ReferenceEvaluator(model, new_ops=[onnx_ops.BinaryConv2d]).run(None, {"X": x})
     got_y, got_h = onnx_session(model).run(None, {"X": x})
     np.testing.assert_array_equal(got_h, want_h)
     np.testing.assert_array_equal(got_y, want_y)

@@ -99,8 +99,9 @@ def binary_conv2d_accumulate(
     for ky in range(kh):
         for kx in range(kw):
             y0, x0 = ky * dh, kx * dw
-            cols[:, :, ky, kx] = a[:, :, y0 : y0 + sh * (ho - 1) + 1 : sh,
-                                   x0 : x0 + sw * (wo - 1) + 1 : sw]
+            cols[:, :, ky, kx] = a[
+                :, :, y0 : y0 + sh * (ho - 1) + 1 : sh, x0 : x0 + sw * (wo - 1) + 1 : sw
+            ]
     acc = np.empty((n, o, ho, wo), dtype=np.int32)
     for g in range(group):
         cg_cols = cols[:, g * cg : (g + 1) * cg]
@@ -121,8 +122,7 @@ def binary_conv2d_reference(
     The affine part is float32 multiply then float32 add (no fused multiply-add), the
     rounding the native kernels reproduce.
     """
-    acc = binary_conv2d_accumulate(np.asarray(x, dtype=np.float32), np.asarray(w_packed),
-                                   **attrs)
+    acc = binary_conv2d_accumulate(np.asarray(x, dtype=np.float32), np.asarray(w_packed), **attrs)
     m = np.asarray(multiplier, dtype=np.float32).reshape(1, -1, 1, 1)
     b = np.asarray(bias, dtype=np.float32).reshape(1, -1, 1, 1)
     return (b + m * acc.astype(np.float32)).astype(np.float32)
@@ -143,10 +143,18 @@ def make_binary_conv2d_node(
 ) -> Any:
     """An onnx NodeProto for BinaryConv2d with every attribute set explicitly."""
     return helper.make_node(
-        "BinaryConv2d", list(inputs), list(outputs), name=name, domain=DOMAIN,
-        channels_in=int(channels_in), kernel_shape=[int(k) for k in kernel_shape],
-        strides=[int(s) for s in strides], pads=[int(p) for p in pads],
-        dilations=[int(d) for d in dilations], group=int(group), pad_value=int(pad_value),
+        "BinaryConv2d",
+        list(inputs),
+        list(outputs),
+        name=name,
+        domain=DOMAIN,
+        channels_in=int(channels_in),
+        kernel_shape=[int(k) for k in kernel_shape],
+        strides=[int(s) for s in strides],
+        pads=[int(p) for p in pads],
+        dilations=[int(d) for d in dilations],
+        group=int(group),
+        pad_value=int(pad_value),
     )
 
 
@@ -172,7 +180,10 @@ class BinaryConv2d(OpRun):
         if channels_in is None or kernel_shape is None:
             raise ValueError("BinaryConv2d needs attributes channels_in and kernel_shape")
         y = binary_conv2d_reference(
-            X, W, multiplier, bias,
+            X,
+            W,
+            multiplier,
+            bias,
             channels_in=int(channels_in),
             kernel_shape=tuple(kernel_shape),
             strides=tuple(strides) if strides is not None else (1, 1),

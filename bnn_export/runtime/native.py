@@ -36,8 +36,23 @@ class _Params(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_int64)
         for name in (
-            "n", "c", "h", "w", "o", "kh", "kw", "sh", "sw", "dh", "dw",
-            "pad_top", "pad_left", "pad_bottom", "pad_right", "group", "pad_value",
+            "n",
+            "c",
+            "h",
+            "w",
+            "o",
+            "kh",
+            "kw",
+            "sh",
+            "sw",
+            "dh",
+            "dw",
+            "pad_top",
+            "pad_left",
+            "pad_bottom",
+            "pad_right",
+            "group",
+            "pad_value",
         )
     ]
 
@@ -116,8 +131,7 @@ def pack_weights(bits_pm1: np.ndarray) -> np.ndarray:
         raise ValueError(f"weights must be [O, C/group, KH, KW], got shape {w.shape}")
     o, cg, kh, kw = w.shape
     out = np.empty((o, kh, kw, weight_words(cg)), dtype=np.uint32)
-    _check(_lib().bnn_pack_weights(w.ctypes.data, o, cg, kh, kw, out.ctypes.data),
-           "pack_weights")
+    _check(_lib().bnn_pack_weights(w.ctypes.data, o, cg, kh, kw, out.ctypes.data), "pack_weights")
     return out
 
 
@@ -156,18 +170,41 @@ def binary_conv2d(
     if ma.size != o or ba.size != o:
         raise ValueError(f"multiplier and bias need {o} values, got {ma.size} and {ba.size}")
     p = _Params(
-        xa.shape[0], xa.shape[1], xa.shape[2], xa.shape[3], o, kh, kw,
-        int(strides[0]), int(strides[1]), int(dilations[0]), int(dilations[1]),
-        int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3]), group, pad_value,
+        xa.shape[0],
+        xa.shape[1],
+        xa.shape[2],
+        xa.shape[3],
+        o,
+        kh,
+        kw,
+        int(strides[0]),
+        int(strides[1]),
+        int(dilations[0]),
+        int(dilations[1]),
+        int(pads[0]),
+        int(pads[1]),
+        int(pads[2]),
+        int(pads[3]),
+        group,
+        pad_value,
     )
     ho, wo = ctypes.c_int64(), ctypes.c_int64()
     lib = _lib()
-    _check(lib.bnn_conv2d_output_shape(ctypes.byref(p), ctypes.byref(ho), ctypes.byref(wo)),
-           "binary_conv2d")
+    _check(
+        lib.bnn_conv2d_output_shape(ctypes.byref(p), ctypes.byref(ho), ctypes.byref(wo)),
+        "binary_conv2d",
+    )
     y = np.empty((xa.shape[0], o, ho.value, wo.value), dtype=np.float32)
     _check(
-        lib.bnn_conv2d(ctypes.byref(p), xa.ctypes.data, wa.ctypes.data, ma.ctypes.data,
-                       ba.ctypes.data, y.ctypes.data, int(num_threads)),
+        lib.bnn_conv2d(
+            ctypes.byref(p),
+            xa.ctypes.data,
+            wa.ctypes.data,
+            ma.ctypes.data,
+            ba.ctypes.data,
+            y.ctypes.data,
+            int(num_threads),
+        ),
         "binary_conv2d",
     )
     return y
