@@ -73,7 +73,7 @@ def _model(
         nodes,
         "stack",
         [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, c_in, hw, hw])],
-        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, [None] * 4)],
         initializer=inits,
     )
     opsets = [helper.make_opsetid("", 17)]

@@ -45,8 +45,8 @@ def _model(conv: Conv, w: np.ndarray, m: np.ndarray, b: np.ndarray) -> onnx.Mode
         "bnn",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, conv.c, None, None])],
         [
-            helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
-            helper.make_tensor_value_info("h", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None] * 4),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, [None] * 4),
         ],
         initializer=inits,
     )
@@ -62,6 +62,7 @@ def test_session_matches_reference_evaluator(conv: Conv) -> None:
     m = rng.uniform(0.5, 2.0, conv.o).astype(np.float32)
     b = rng.standard_normal(conv.o).astype(np.float32)
     model = _model(conv, w, m, b)
+    onnx.checker.check_model(model)
     want_y, want_h = ReferenceEvaluator(model, new_ops=[onnx_ops.BinaryConv2d]).run(None, {"X": x})
     got_y, got_h = onnx_session(model).run(None, {"X": x})
     np.testing.assert_array_equal(got_h, want_h)
