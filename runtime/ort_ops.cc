@@ -126,6 +126,39 @@ struct BinaryConv2d {
     return Ort::Status{nullptr};
   }
 
+  // Output shape for ORT's graph planning, set only when H, W, O are known integers
+  // (N may be symbolic). Never throws: on anything unexpected the shape stays unknown.
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
+    try {
+      const auto& xs = ctx.GetInputShape(0);
+      const auto& ws = ctx.GetInputShape(1);
+      if (xs.size() != 4 || ws.size() != 4 || !xs[2].IsInt() || !xs[3].IsInt() ||
+          !ws[0].IsInt() || xs[2].AsInt() < 1 || xs[3].AsInt() < 1 || ws[0].AsInt() < 1)
+        return Ort::Status{nullptr};
+      if (!xs[0].IsInt() && (!xs[0].AsSym() || !*xs[0].AsSym())) return Ort::Status{nullptr};
+      auto ints = [&](const char* name, std::vector<int64_t> dflt) {
+        try {
+          return ctx.GetAttrInts(name);
+        } catch (const Ort::Exception&) {
+          return dflt;
+        }
+      };
+      std::vector<int64_t> ks = ctx.GetAttrInts("kernel_shape");
+      std::vector<int64_t> st = ints("strides", {1, 1}), pd = ints("pads", {0, 0, 0, 0});
+      std::vector<int64_t> dl = ints("dilations", {1, 1});
+      if (ks.size() != 2 || st.size() != 2 || pd.size() != 4 || dl.size() != 2)
+        return Ort::Status{nullptr};
+      int64_t ho = 0, wo = 0;
+      bnn_conv_params p{1, 1, xs[2].AsInt(), xs[3].AsInt(), 1, ks[0], ks[1], st[0], st[1],
+                        dl[0], dl[1], pd[0], pd[1], pd[2], pd[3], 1, 1};
+      if (bnn_conv2d_output_shape(&p, &ho, &wo) != BNN_OK) return Ort::Status{nullptr};
+      Ort::ShapeInferContext::Shape out{xs[0], ws[0].AsInt(), ho, wo};
+      return ctx.SetOutputShape(0, out);
+    } catch (const std::exception&) {
+      return Ort::Status{nullptr};
+    }
+  }
+
   static Ort::Status Fail(const std::string& msg) {
     return Ort::Status(("BinaryConv2d: " + msg).c_str(), ORT_INVALID_ARGUMENT);
   }

@@ -114,3 +114,32 @@ def test_empty_batch() -> None:
     y, h = onnx_session(_model(conv, w, m, b)).run(None, {"X": x})
     assert h.shape == (0, conv.o, conv.h, conv.w)
     assert y.shape == (0, conv.group * 2, conv.h, conv.w)
+
+
+def test_output_shape_inferred_for_static_input() -> None:
+    w = onnx_ops.pack_conv_weights(np.ones((16, 35, 3, 3), np.int8))
+    node = onnx_ops.make_binary_conv2d_node(
+        ["X", "W", "m", "b"],
+        ["Y"],
+        channels_in=35,
+        kernel_shape=(3, 3),
+        strides=(2, 2),
+        pads=(1, 1, 1, 1),
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 35, 10, 7])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializer=[
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(np.ones(16, np.float32), "m"),
+            numpy_helper.from_array(np.zeros(16, np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnx_ops.DOMAIN, 1)]
+    )
+    sess = onnx_session(model)
+    assert sess.get_outputs()[0].shape == [1, 16, 5, 4]
+    assert sess.run(None, {"X": np.zeros((1, 35, 10, 7), np.float32)})[0].shape == (1, 16, 5, 4)
