@@ -111,22 +111,33 @@ static const bnn_variant* best_variant(void) {
   return best;
 }
 
-static int choose(const char* name, const bnn_variant** out) {
+static void avail_str(char* buf, size_t n) {
+  buf[0] = 0;
+  for (size_t i = 0; i < N_VARIANTS; i++) {
+    if (!k_variants[i]->supported()) continue;
+    if (buf[0]) strncat(buf, ",", n - strlen(buf) - 1);
+    strncat(buf, k_variants[i]->name, n - strlen(buf) - 1);
+  }
+}
+
+/* Must not take g_variant_mu (called with it held). */
+static int choose(const char* name, const bnn_variant** out, const char* origin) {
   if (!name || !*name || !strcmp(name, "auto")) {
     *out = best_variant();
     return BNN_OK;
   }
+  char avail[128];
+  avail_str(avail, sizeof avail);
   for (size_t i = 0; i < N_VARIANTS; i++) {
     if (!strcmp(k_variants[i]->name, name)) {
       if (!k_variants[i]->supported())
-        return set_err(BNN_ENOKERNEL, "kernel '%s' is not supported by this CPU (available: %s)",
-                       name, bnn_available_kernels());
+        return set_err(BNN_ENOKERNEL, "%skernel '%s' is not supported by this CPU (available: %s)",
+                       origin, name, avail);
       *out = k_variants[i];
       return BNN_OK;
     }
   }
-  return set_err(BNN_ENOKERNEL, "unknown kernel '%s' (available: %s)", name,
-                 bnn_available_kernels());
+  return set_err(BNN_ENOKERNEL, "%sunknown kernel '%s' (available: %s)", origin, name, avail);
 }
 
 static int current_variant(const bnn_variant** out) {
@@ -134,10 +145,8 @@ static int current_variant(const bnn_variant** out) {
   pthread_mutex_lock(&g_variant_mu);
   if (!g_variant) {
     const bnn_variant* v = NULL;
-    rc = choose(getenv("BNN_KERNEL"), &v);
+    rc = choose(getenv("BNN_KERNEL"), &v, "BNN_KERNEL: ");
     if (rc == BNN_OK) g_variant = v;
-    else
-      set_err(rc, "BNN_KERNEL: %s", bnn_last_error());
   }
   *out = g_variant;
   pthread_mutex_unlock(&g_variant_mu);
@@ -146,12 +155,7 @@ static int current_variant(const bnn_variant** out) {
 
 const char* bnn_available_kernels(void) {
   pthread_mutex_lock(&g_variant_mu);
-  g_avail[0] = 0;
-  for (size_t i = 0; i < N_VARIANTS; i++) {
-    if (!k_variants[i]->supported()) continue;
-    if (g_avail[0]) strncat(g_avail, ",", sizeof g_avail - strlen(g_avail) - 1);
-    strncat(g_avail, k_variants[i]->name, sizeof g_avail - strlen(g_avail) - 1);
-  }
+  if (!g_avail[0]) avail_str(g_avail, sizeof g_avail); /* CPU features never change */
   pthread_mutex_unlock(&g_variant_mu);
   return g_avail;
 }
@@ -159,7 +163,7 @@ const char* bnn_available_kernels(void) {
 int bnn_set_kernel(const char* name) {
   g_err[0] = 0;
   const bnn_variant* v = NULL;
-  int rc = choose(name, &v);
+  int rc = choose(name, &v, "");
   if (rc != BNN_OK) return rc;
   pthread_mutex_lock(&g_variant_mu);
   g_variant = v;

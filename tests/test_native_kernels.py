@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +174,29 @@ def test_c_test_runner_native(tmp_path: Path) -> None:
     res = subprocess.run([str(exe), "300", "12345"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert " 0 failed" in res.stdout
+
+
+@pytest.mark.parametrize("value", ["portable", VARIANTS[-1], "bogus"])
+def test_bnn_kernel_env_var(value: str) -> None:
+    code = (
+        "import numpy as np\n"
+        "from bnn_export.runtime import native\n"
+        "print(native.kernel_name())\n"
+        "w = native.pack_weights(np.ones((2, 3, 1, 1), np.int8))\n"
+        "try:\n"
+        "    native.binary_conv2d(np.ones((1, 3, 2, 2), np.float32), w, np.ones(2),\n"
+        "                         np.zeros(2), channels_in=3, kernel_shape=(1, 1))\n"
+        "    print('ran')\n"
+        "except native.KernelError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "BNN_KERNEL": value, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    if value == "bogus":
+        assert "unavailable" in res.stdout
+        assert "BNN_KERNEL: unknown kernel 'bogus'" in res.stdout
+    else:
+        assert res.stdout.splitlines() == [value, "ran"]
