@@ -180,6 +180,7 @@ const char* bnn_kernel_name(void) {
 /* ------------------------------------------------------------------ plan */
 static void plan_free(bnn_plan* p) {
   free(p->wpan);
+  free(p->wnib);
   free(p->pix_base);
   free(p->tap_off);
   free(p->pix_cls);
@@ -233,6 +234,17 @@ static int plan_build(bnn_plan* p, const bnn_variant* v, const bnn_conv_params* 
           dst[(t * p->cw64 + j) * p->nb] = word;
         }
     }
+
+  if (v->wnib) {
+    size_t nw = (size_t)(p->group * p->ogp * p->k64);
+    p->wnib = malloc(nw * 2 * sizeof(uint64_t));
+    if (!p->wnib) goto nomem;
+    const uint64_t m4 = UINT64_C(0x0f0f0f0f0f0f0f0f);
+    for (size_t i = 0; i < nw; i++) {
+      p->wnib[2 * i] = p->wpan[i] & m4;
+      p->wnib[2 * i + 1] = (p->wpan[i] >> 4) & m4;
+    }
+  }
 
   for (int64_t ky = 0; ky < p->kh; ky++)
     for (int64_t kx = 0; kx < p->kw; kx++)
@@ -548,5 +560,5 @@ static void portable_gemm(const bnn_plan* p, const uint64_t* a, int64_t blk0, in
   }
 }
 
-const bnn_variant bnn_variant_portable = {"portable", PORT_L, PORT_NB, 1, supported_always,
+const bnn_variant bnn_variant_portable = {"portable", PORT_L, PORT_NB, 1, 0, supported_always,
                                           portable_pack_rows, portable_gemm};

@@ -24,6 +24,7 @@ typedef struct bnn_plan {
   int64_t cw32, cw64, k64, ktotal, npix;
   int64_t lanes, nb, ogp, nblk;
   uint64_t* wpan;         /* [group][OGP/NB][K64][NB] */
+  uint64_t* wnib;         /* optional: [group][OGP/NB][K64][NB][2] = (w & 0x0f.., (w >> 4) & 0x0f..) */
   int64_t* pix_base;      /* [nblk * L]: word offset of the pixel's top-left tap in pin */
   int64_t* tap_off;       /* [KH*KW]: word offset of each tap relative to pix_base */
   /* pad_value 0 correction */
@@ -44,6 +45,7 @@ typedef struct bnn_variant {
   int lanes;  /* L */
   int nb;     /* output-channel block */
   int mv;     /* pixel blocks per register tile (chunks are a multiple of it) */
+  int wnib;   /* wants p->wnib (nibble-split weight panel) */
   int (*supported)(void);
   /* Pack channels [0, cg) of rows [y0, y1) of one (n, g) image x (channel stride h*w)
    * into the interior of pin. */

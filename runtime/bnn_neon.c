@@ -97,5 +97,5 @@ static void neon_gemm(const bnn_plan* p, const uint64_t* a, int64_t blk0, int64_
   }
 }
 
-const bnn_variant bnn_variant_neon = {"neon", L, NB, MV, neon_supported, neon_pack_rows,
+const bnn_variant bnn_variant_neon = {"neon", L, NB, MV, 0, neon_supported, neon_pack_rows,
                                       neon_gemm};
