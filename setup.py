@@ -42,6 +42,9 @@ X86_SOURCES = {
     "bnn_avx512.c": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512vpopcntdq"],
 }
 ARM64_SOURCES = {"bnn_core.c": [], "bnn_neon.c": []}
+# 32-bit ARM: NEON is optional there, so only the NEON file gets -mfpu=neon (checked at
+# run time through AT_HWCAP)
+ARM32_SOURCES = {"bnn_core.c": [], "bnn_neon.c": ["-mfpu=neon"]}
 
 
 def _log(msg: str) -> None:
@@ -59,6 +62,8 @@ def _sources() -> dict[str, list[str]]:
         return X86_SOURCES
     if machine in ("aarch64", "arm64"):
         return ARM64_SOURCES
+    if machine.startswith("armv7") or machine.startswith("armv8l"):
+        return ARM32_SOURCES
     return {"bnn_core.c": []}
 
 

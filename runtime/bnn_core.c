@@ -93,7 +93,7 @@ static int supported_always(void) { return 1; }
 #if defined(__x86_64__) || defined(_M_X64)
 static const bnn_variant* const k_variants[] = {&bnn_variant_portable, &bnn_variant_avx2,
                                                 &bnn_variant_avx512};
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) || defined(__arm__)
 static const bnn_variant* const k_variants[] = {&bnn_variant_portable, &bnn_variant_neon};
 #else
 static const bnn_variant* const k_variants[] = {&bnn_variant_portable};

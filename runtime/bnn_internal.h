@@ -72,7 +72,7 @@ extern const bnn_variant bnn_variant_portable;
 extern const bnn_variant bnn_variant_avx2;
 extern const bnn_variant bnn_variant_avx512;
 #endif
-#if defined(__aarch64__)
+#if defined(__aarch64__) || defined(__arm__)
 extern const bnn_variant bnn_variant_neon;
 #endif
 

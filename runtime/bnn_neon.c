@@ -1,14 +1,27 @@
-/* ARM NEON variant (aarch64): pixel-in-lanes GEMM, 2 pixels (uint64 lanes) per q
- * register, eor + cnt (bytes) + uadalp (pairwise add-accumulate into u16). */
+/* ARM NEON variant: pixel-in-lanes GEMM, 2 pixels (uint64 lanes) per q register,
+ * eor + cnt (bytes) + uadalp (pairwise add-accumulate into u16).
+ * aarch64: NEON is mandatory. 32-bit ARM: this file alone is compiled with -mfpu=neon
+ * and only entered when the kernel reports NEON in AT_HWCAP. */
 #include <arm_neon.h>
 
 #include "bnn_internal.h"
+
+#if defined(__arm__)
+#include <sys/auxv.h>
+#define BNN_HWCAP_NEON (1 << 12) /* HWCAP_NEON of arch/arm */
+#endif
 
 #define L 2
 #define NB 8
 #define MV 2
 
-static int neon_supported(void) { return 1; } /* NEON is mandatory on aarch64 */
+static int neon_supported(void) {
+#if defined(__aarch64__)
+  return 1;
+#else
+  return (getauxval(AT_HWCAP) & BNN_HWCAP_NEON) != 0;
+#endif
+}
 
 static void neon_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, int64_t y0,
                            int64_t y1) {

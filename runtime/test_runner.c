@@ -1,7 +1,7 @@
 /* Standalone exactness test: random shapes through every kernel variant available on
  * this CPU, compared bit-exactly against the portable variant and a naive direct
- * convolution. Built statically for aarch64 it checks the NEON kernel under
- * qemu-aarch64-static.  Usage: test_runner [iterations] [seed]
+ * convolution. Built statically for aarch64 (or armhf, with bnn_neon.c compiled with
+ * -mfpu=neon) it checks the NEON kernel under qemu-aarch64-static / qemu-arm-static.  Usage: test_runner [iterations] [seed]
  * Prints "N passed, N failed" and exits non-zero on any mismatch. */
 #include <math.h>
 #include <stdio.h>
@@ -24,7 +24,7 @@ static const bnn_variant* variants[] = {
 #if defined(__x86_64__)
     &bnn_variant_avx2,   &bnn_variant_avx512,
 #endif
-#if defined(__aarch64__)
+#if defined(__aarch64__) || defined(__arm__)
     &bnn_variant_neon,
 #endif
 };
