@@ -200,3 +200,36 @@ def test_bnn_kernel_env_var(value: str) -> None:
         assert "BNN_KERNEL: unknown kernel 'bogus'" in res.stdout
     else:
         assert res.stdout.splitlines() == [value, "ran"]
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) installed")
+def test_standalone_bench_binary(tmp_path: Path) -> None:
+    """runtime/bench_main.c (the device benchmark binary) builds and runs every variant."""
+    exe = tmp_path / "bnn_bench"
+    subprocess.run(
+        [
+            "cc",
+            "-std=c11",
+            "-O2",
+            f"-I{ROOT / 'runtime'}",
+            str(ROOT / "runtime" / "bench_main.c"),
+            str(native.lib_dir() / native.KERNEL_LIB),
+            f"-Wl,-rpath,{native.lib_dir()}",
+            "-o",
+            str(exe),
+            "-lpthread",
+        ],
+        check=True,
+    )
+    for variant in VARIANTS:
+        res = subprocess.run(
+            [str(exe), "--c", "33", "--o", "17", "--hw", "6", "--runs", "3", "--kernel", variant],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith(f"kernel={variant} layers=4 c=33 o=17 hw=6 k=3"), res.stdout
+        assert "median_ms=" in res.stdout
+    res = subprocess.run([str(exe), "--kernel", "bogus"], capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown kernel 'bogus'" in res.stderr
