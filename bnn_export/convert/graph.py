@@ -77,15 +77,24 @@ def _pair(v: Any) -> tuple[int, int]:
 def _module_node(name: str, m: nn.Module, inputs: list[str]) -> Node:
     if isinstance(m, BinaryConv2d):
         if not m.is_binary:  # float baseline: hardtanh then a float conv
-            return Node(name, "conv", inputs, _conv_attrs(m, m.weight, None) | {"pre_hardtanh": True})
+            return Node(
+                name, "conv", inputs, _conv_attrs(m, m.weight, None) | {"pre_hardtanh": True}
+            )
         return Node(name, "bconv", inputs, _conv_attrs(m, None, None) | _binary_attrs(m))
     if isinstance(m, BinaryLinear):
         if not m.is_binary:
-            return Node(name, "linear", inputs, {"weight": _np(m.weight), "bias": None, "pre_hardtanh": True})
+            return Node(
+                name,
+                "linear",
+                inputs,
+                {"weight": _np(m.weight), "bias": None, "pre_hardtanh": True},
+            )
         return Node(name, "blinear", inputs, _binary_attrs(m))
     if isinstance(m, nn.Conv2d):
         if m.padding_mode != "zeros":
-            raise BnnExportError(f"layer {name!r}: padding_mode {m.padding_mode!r} is not supported")
+            raise BnnExportError(
+                f"layer {name!r}: padding_mode {m.padding_mode!r} is not supported"
+            )
         return Node(name, "conv", inputs, _conv_attrs(m, m.weight, m.bias))
     if isinstance(m, nn.Linear):
         return Node(name, "linear", inputs, {"weight": _np(m.weight), "bias": _np(m.bias)})
@@ -100,10 +109,14 @@ def _module_node(name: str, m: nn.Module, inputs: list[str]) -> Node:
                                          "eps": float(m.eps)})  # fmt: skip
     if isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
         k, s = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
-        if _pair(m.padding) != (0, 0) or getattr(m, "ceil_mode", False) or (
-            isinstance(m, nn.MaxPool2d) and _pair(m.dilation) != (1, 1)
+        if (
+            _pair(m.padding) != (0, 0)
+            or getattr(m, "ceil_mode", False)
+            or (isinstance(m, nn.MaxPool2d) and _pair(m.dilation) != (1, 1))
         ):
-            raise BnnExportError(f"layer {name!r}: pooling with padding/ceil_mode/dilation is not supported")
+            raise BnnExportError(
+                f"layer {name!r}: pooling with padding/ceil_mode/dilation is not supported"
+            )
         return Node(name, "maxpool" if isinstance(m, nn.MaxPool2d) else "avgpool", inputs,
                     {"kernel": k, "stride": s})  # fmt: skip
     if isinstance(m, nn.AdaptiveAvgPool2d):
@@ -203,7 +216,9 @@ def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
         elif n.op in ("linear", "blinear"):
             w = a["weight"] if n.op == "linear" else a["weights"].bits
             if x[-1] != w.shape[1] or len(x) != 2:
-                raise BnnExportError(f"layer {a.get('module', n.name)!r}: input {x} does not fit {w.shape}")
+                raise BnnExportError(
+                    f"layer {a.get('module', n.name)!r}: input {x} does not fit {w.shape}"
+                )
             shapes[n.name] = (1, w.shape[0])
         elif n.op in ("maxpool", "avgpool"):
             hw = [(x[2 + i] - a["kernel"][i]) // a["stride"][i] + 1 for i in range(2)]
@@ -214,7 +229,9 @@ def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
             shapes[n.name] = (1, int(np.prod(x[1:])))
         elif n.op == "add":
             if shapes[n.inputs[0]] != shapes[n.inputs[1]]:
-                raise BnnExportError(f"add {n.name}: shapes {shapes[n.inputs[0]]} and {shapes[n.inputs[1]]} differ")
+                raise BnnExportError(
+                    f"add {n.name}: shapes {shapes[n.inputs[0]]} and {shapes[n.inputs[1]]} differ"
+                )
             shapes[n.name] = x
         else:
             shapes[n.name] = x
