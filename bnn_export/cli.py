@@ -255,11 +255,65 @@ def _not_implemented(name: str) -> None:
     raise BnnExportError(f"`bnn-export {name}` is not implemented yet in {__version__}")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def convert(args: tuple[str, ...]) -> None:
-    """Convert a trained run to .tflite (LCE) or .onnx (not implemented yet)."""
-    _not_implemented("convert")
+@cli.command()
+@click.argument("source", type=click.Path())
+@click.option("--format", "fmt", required=True, help="tflite (LCE) or onnx.")
+@click.option("-o", "--output", type=click.Path(), required=True, help="Output file.")
+@click.option(
+    "--target",
+    default="onnxruntime",
+    show_default=True,
+    help="onnx only: onnxruntime (our BinaryConv2d op), openvino, or reference.",
+)
+@click.option(
+    "--bit-ratio",
+    type=float,
+    default=None,
+    help="Fix every binary layer to this ratio of +1 weights by OT sorting first.",
+)
+@click.option("--ot-granularity", default="channel", show_default=True, help="channel or layer.")
+@click.option(
+    "--recalibrate-bn/--no-recalibrate-bn",
+    default=True,
+    show_default=True,
+    help="After --bit-ratio fixing, re-estimate batch-norm statistics on the training split.",
+)
+@click.option(
+    "--validate/--no-validate",
+    default=True,
+    show_default=True,
+    help="Run the artifact on the test split and compare with the source model.",
+)
+@click.option("--dataset", default=None, help="Dataset for validation (default: the checkpoint's).")
+@click.option("--json", "as_json", is_flag=True)
+def convert(
+    source: str,
+    fmt: str,
+    output: str,
+    target: str,
+    bit_ratio: float | None,
+    ot_granularity: str,
+    recalibrate_bn: bool,
+    validate: bool,
+    dataset: str | None,
+    as_json: bool,
+) -> None:
+    """Convert a trained run (directory or checkpoint) to .tflite (LCE) or .onnx."""
+    from bnn_export.convert_cli import run_convert
+
+    result = run_convert(
+        source,
+        fmt=fmt,
+        output=output,
+        target=target,
+        bit_ratio=bit_ratio,
+        granularity=ot_granularity,
+        recalibrate_bn=recalibrate_bn,
+        validate=validate,
+        dataset=dataset,
+        progress=not as_json,
+    )
+    _emit(result, as_json, result["summary"])
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -269,11 +323,15 @@ def bench(args: tuple[str, ...]) -> None:
     _not_implemented("bench")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def inspect(args: tuple[str, ...]) -> None:
-    """Show the ops and metadata of an exported model (not implemented yet)."""
-    _not_implemented("inspect")
+@cli.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def inspect(artifact: str, as_json: bool) -> None:
+    """Show the ops, parameters and metadata of a .tflite or .onnx file."""
+    from bnn_export.inspect_artifact import format_report, inspect_file
+
+    info = inspect_file(artifact)
+    _emit(info, as_json, format_report(info))
 
 
 @cli.command(name="list")

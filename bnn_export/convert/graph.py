@@ -191,7 +191,8 @@ def graph_from_torch(model: nn.Module, input_shape: tuple[int, int, int]) -> Gra
                 f"operation {n.op} {getattr(n.target, '__name__', n.target)!r} ({n.name}) cannot be "
                 "exported; supported functions are + and torch.flatten"
             )
-    graph = Graph(nodes, output, tuple(input_shape))
+    c, h, w = input_shape
+    graph = Graph(nodes, output, (int(c), int(h), int(w)))
     infer_shapes(graph)  # validates the wiring
     return graph
 

@@ -41,7 +41,7 @@ class _Builder:
         self.inits: list[onnx.TensorProto] = []
         self.used_domains: set[str] = set()
 
-    def const(self, name: str, value: np.ndarray) -> str:
+    def const(self, name: str, value: np.ndarray | np.generic) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
