@@ -1,0 +1,75 @@
+"""Larq binary layers that compute exactly what ``models.layers`` computes in PyTorch.
+
+* ``TorchPadQuantConv2D``: a ``QuantConv2D`` padding its binarized input symmetrically
+  by (k - 1) // 2 with ``pad_values`` (PyTorch's ``padding=k//2``). For stride 1 this
+  equals Keras ``"same"``; for stride 2 on even inputs Keras "same" pads only the
+  bottom/right, PyTorch pads both sides, so binary strided convs use this class.
+* ``QuantDense1x1``: a binary fully-connected layer written as a 1x1 ``QuantConv2D``
+  on a (1, 1, F) view of its input. LCE has no binary dense op: a ``QuantDense``
+  converts to a float FullyConnected, a 1x1 binary conv converts to ``LceBconv2d``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import larq as lq
+import tensorflow as tf
+import tf_keras as keras
+
+from bnn_export.binarizers.larq_impl import register
+
+
+@register
+class TorchPadQuantConv2D(lq.layers.QuantConv2D):
+    """QuantConv2D with PyTorch's symmetric padding of (k - 1) // 2 per side."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["padding"] = "same"
+        super().__init__(*args, **kwargs)
+        self._is_native_padding = False
+
+    def _pads(self) -> list[list[int]]:
+        return [[(k - 1) * d // 2] * 2 for k, d in zip(self.kernel_size, self.dilation_rate)]
+
+    def _get_padding_same(self, inputs: tf.Tensor) -> list[list[int]]:
+        return [[0, 0], *self._pads(), [0, 0]]
+
+    def _get_padding_same_shape(self, input_shape: Any) -> tf.TensorShape:
+        shape = tf.TensorShape(input_shape).as_list()
+        spatial = [None if s is None else s + p[0] + p[1] for s, p in zip(shape[1:3], self._pads())]
+        return tf.TensorShape([shape[0], *spatial, shape[3]])
+
+
+@register
+class QuantDense1x1(lq.layers.QuantConv2D):
+    """A binary dense layer (N, F) -> (N, O) computed as a 1x1 binary conv."""
+
+    def __init__(self, units: int, **kwargs: Any) -> None:
+        kwargs.pop("filters", None)
+        kwargs.pop("kernel_size", None)
+        super().__init__(units, 1, **kwargs)
+        self.input_spec = keras.layers.InputSpec(ndim=2)
+
+    def build(self, input_shape: Any) -> None:
+        features = tf.TensorShape(input_shape).as_list()[-1]
+        super().build(tf.TensorShape([None, 1, 1, features]))
+        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: features})
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        x = tf.reshape(inputs, [-1, 1, 1, inputs.shape[-1]])
+        y = super().call(x)
+        return tf.reshape(y, [-1, self.filters])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["units"] = config.pop("filters")
+        config.pop("kernel_size", None)
+        return config
+
+
+def is_binary_layer(layer: keras.layers.Layer) -> bool:
+    """A layer whose kernel goes through one of our weight quantizers."""
+    from bnn_export.binarizers.larq_impl import WeightQuantizer
+
+    return isinstance(getattr(layer, "kernel_quantizer", None), WeightQuantizer)
