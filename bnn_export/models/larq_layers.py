@@ -30,14 +30,20 @@ class TorchPadQuantConv2D(lq.layers.QuantConv2D):
         self._is_native_padding = False
 
     def _pads(self) -> list[list[int]]:
-        return [[(k - 1) * d // 2] * 2 for k, d in zip(self.kernel_size, self.dilation_rate)]
+        return [
+            [(k - 1) * d // 2] * 2
+            for k, d in zip(self.kernel_size, self.dilation_rate, strict=True)
+        ]
 
     def _get_padding_same(self, inputs: tf.Tensor) -> list[list[int]]:
         return [[0, 0], *self._pads(), [0, 0]]
 
     def _get_padding_same_shape(self, input_shape: Any) -> tf.TensorShape:
         shape = tf.TensorShape(input_shape).as_list()
-        spatial = [None if s is None else s + p[0] + p[1] for s, p in zip(shape[1:3], self._pads())]
+        spatial = [
+            None if s is None else s + p[0] + p[1]
+            for s, p in zip(shape[1:3], self._pads(), strict=True)
+        ]
         return tf.TensorShape([shape[0], *spatial, shape[3]])
 
 
