@@ -10,6 +10,7 @@ branch on names: they ask a layer's binarizer what it exports (``WeightExport``,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,59 @@ class BinarizerInfo:
     reference: str
     defaults: dict[str, Any] = field(default_factory=dict)
     binary: bool = True
+    #: Checks merged parameters; raises BnnExportError naming the bad value.
+    check: Callable[[dict[str, Any]], None] | None = None
+
+
+def _one_of(key: str, value: Any, valid: tuple[Any, ...]) -> None:
+    if value not in valid:
+        raise BnnExportError(f"{key} must be one of {', '.join(map(str, valid))}, got {value!r}")
+
+
+def _positive(key: str, value: Any) -> None:
+    if not isinstance(value, int | float) or not value > 0:
+        raise BnnExportError(f"{key} must be a positive number, got {value!r}")
+
+
+def check_bit_ratio(p: Any) -> float:
+    """A ratio of +1 weights must lie strictly between 0 and 1."""
+    if not isinstance(p, int | float) or not math.isfinite(p) or not 0.0 < p < 1.0:
+        raise BnnExportError(f"bit ratio must be a number in (0, 1), got {p!r}")
+    return float(p)
+
+
+def check_prune_rate(k: Any) -> float:
+    if not isinstance(k, int | float) or not math.isfinite(k) or not 0.0 <= k < 1.0:
+        raise BnnExportError(f"prune rate must be a number in [0, 1), got {k!r}")
+    return float(k)
+
+
+def _check_ede(p: dict[str, Any]) -> None:
+    _positive("t_min", p["t_min"])
+    _positive("t_max", p["t_max"])
+    if p["t_min"] > p["t_max"]:
+        raise BnnExportError(f"t_min ({p['t_min']}) must not exceed t_max ({p['t_max']})")
+
+
+def _check_equal_bits(p: dict[str, Any]) -> None:
+    check_bit_ratio(p["bit_ratio"])
+    check_prune_rate(p["prune_rate"])
+    _one_of("granularity", p["granularity"], ("channel", "layer"))
+    if p["prune_rate"] > 0 and p["bit_ratio"] != 0.5:
+        raise BnnExportError(
+            "pruning keeps the +1/-1 counts equal, so it needs bit_ratio 0.5, "
+            f"got bit_ratio {p['bit_ratio']} with prune_rate {p['prune_rate']}"
+        )
+
+
+def _check_sdbnn(p: dict[str, Any]) -> None:
+    _check_ede(p)
+    _one_of("activation", p["activation"], ("se", "static"))
+
+
+def _check_gwt(p: dict[str, Any]) -> None:
+    _positive("beta_min", p["beta_min"])
+    _positive("beta_max", p["beta_max"])
 
 
 REGISTRY: dict[str, BinarizerInfo] = {
@@ -38,6 +92,46 @@ REGISTRY: dict[str, BinarizerInfo] = {
             "ste",
             "sign with clipped straight-through estimator (|x| <= 1)",
             "Courbariaux et al. 2016, BinaryNet; larq ste_sign",
+        ),
+        BinarizerInfo(
+            "irnet",
+            "IR-Net: per-channel standardized weights (Libra-PB), power-of-two scale, "
+            "Error Decay Estimator gradient",
+            "Qin et al., CVPR 2020 (htqin/IR-Net)",
+            defaults={"t_min": 0.1, "t_max": 10.0},
+            check=_check_ede,
+        ),
+        BinarizerInfo(
+            "siman",
+            "SiMaN: the higher-magnitude half of each filter gets +1; learnable per-channel "
+            "scale; per-sample centred activations; no weight decay on binary weights",
+            "Lin et al., TPAMI 2022 (lmbxmu/SiMaN)",
+            defaults={"code": "pm1"},
+            check=lambda p: _one_of("code", p["code"], ("pm1", "01")),
+        ),
+        BinarizerInfo(
+            "equal_bits",
+            "Equal Bits: optimal-transport sort per channel/layer, the top round(p*n) weights "
+            "become +1; fixed scale sqrt(2/fan_in); optional pruning of the middle ranks",
+            "Li, Pintea, van Gemert, AAAI 2022 (liyunqianggyn/Equal-Bits-BNN)",
+            defaults={"bit_ratio": 0.5, "granularity": "channel", "prune_rate": 0.0},
+            check=_check_equal_bits,
+        ),
+        BinarizerInfo(
+            "sdbnn",
+            "SD-BNN: self-distribution shift of weights (learnable per channel) and of "
+            "activations (squeeze-excitation branch, or a static per-channel threshold), EDE",
+            "Xue et al. 2021, arXiv 2103.02394 (pingxue-hfut/SD-BNN)",
+            defaults={"t_min": 0.1, "t_max": 10.0, "activation": "se"},
+            check=_check_sdbnn,
+        ),
+        BinarizerInfo(
+            "gwt",
+            "group weight transformation: per-channel normalized weights through tanh with an "
+            "annealed slope (exactly differentiable, no STE); sign at evaluation/export",
+            "Shulman 2021, arXiv 2107.01400 (rebuilt from the paper's description)",
+            defaults={"beta_min": 1.0, "beta_max": 100.0},
+            check=_check_gwt,
         ),
     ]
 }
@@ -82,6 +176,15 @@ def _validate(name: str, params: dict[str, Any]) -> dict[str, Any]:
     for key, value in merged.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise BnnExportError(f"binarizer parameter {key}={value} must be finite")
+        default = info.defaults[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            merged[key] = float(value)
+        elif type(value) is not type(default):
+            raise BnnExportError(
+                f"binarizer parameter {key} must be a {type(default).__name__}, got {value!r}"
+            )
+    if info.check is not None:
+        info.check(merged)
     return merged
 
 

@@ -121,13 +121,335 @@ class SteSignActivation(ActivationQuantizer):
         return ste_sign(x)
 
 
+# --- shared pieces ---------------------------------------------------------------------
+
+
+def per_channel(w: Tensor) -> Tensor:
+    """[O, ...] -> [O, n]."""
+    return w.reshape(w.shape[0], -1)
+
+
+def _channel_view(stat: Tensor, w: Tensor) -> Tensor:
+    """Broadcast a per-channel [O] statistic against a weight [O, ...]."""
+    return stat.reshape(-1, *([1] * (w.dim() - 1)))
+
+
+def standardize_per_channel(w: Tensor) -> Tensor:
+    """(w - mean_o) / std_o over each output channel (population std, floored at 1e-8)."""
+    flat = per_channel(w)
+    mean = flat.mean(dim=1, keepdim=True)
+    std = flat.std(dim=1, correction=0, keepdim=True).clamp_min(1e-8)
+    return ((flat - mean) / std).reshape(w.shape)
+
+
+def count_of_top(p: float, n: int) -> int:
+    """round(p * n) with halves rounded up, identically in every backend."""
+    return int(np.floor(p * n + 0.5))
+
+
+def rank_along_rows(x: Tensor) -> Tensor:
+    """Rank of each entry within its row (0 = smallest); ties broken by position."""
+    order = torch.argsort(x, dim=1, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(x.shape[1], device=x.device).expand_as(order))
+    return ranks
+
+
+def ot_bits(rows: Tensor, p: float, prune_rate: float = 0.0) -> Tensor:
+    """Optimal transport to a Bernoulli(p) prior, which in 1-D is a sort.
+
+    Each row's top round(p*n) entries become +1, the rest -1. With ``prune_rate`` k > 0
+    (p = 0.5): the bottom floor((1-k)/2*n) become -1, the top n - floor((1+k)/2*n) +1,
+    and the middle ranks 0.
+    """
+    n = rows.shape[1]
+    ranks = rank_along_rows(rows.detach())
+    if prune_rate > 0:
+        low = int(np.floor((1 - prune_rate) / 2 * n))
+        high = int(np.floor((1 + prune_rate) / 2 * n))
+        out = torch.zeros_like(rows)
+        out[ranks < low] = -1.0
+        out[ranks >= high] = 1.0
+        return out
+    return torch.where(ranks >= n - count_of_top(p, n), 1.0, -1.0).to(rows.dtype)
+
+
+class _EdeSign(torch.autograd.Function):
+    """IR-Net's Error Decay Estimator: forward sign, backward k*t*(1 - tanh(t*x)^2)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, t: Tensor, k: Tensor) -> Tensor:
+        ctx.save_for_backward(x, t, k)
+        return sign_pm1(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        x, t, k = ctx.saved_tensors
+        return grad * k * t * (1 - torch.tanh(t * x) ** 2), None, None
+
+
+def ede_schedule(epoch: int, epochs: int, t_min: float, t_max: float) -> tuple[float, float]:
+    """t = T_min * 10^(e/E * log10(T_max/T_min)), k = max(1/t, 1)."""
+    t = t_min * 10 ** (epoch / max(epochs, 1) * np.log10(t_max / t_min))
+    return float(t), float(max(1.0 / t, 1.0))
+
+
+class _EdeMixin(nn.Module):
+    """Holds EDE's t and k as buffers (saved with the model, updated per epoch)."""
+
+    config: BinarizerConfig
+    ede_t: Tensor
+    ede_k: Tensor
+
+    def _init_ede(self) -> None:
+        t, k = ede_schedule(0, 1, self.config.params["t_min"], self.config.params["t_max"])
+        self.register_buffer("ede_t", torch.tensor(t))
+        self.register_buffer("ede_k", torch.tensor(k))
+
+    def set_schedule(self, epoch: int, epochs: int) -> None:
+        t, k = ede_schedule(epoch, epochs, self.config.params["t_min"], self.config.params["t_max"])
+        self.ede_t.fill_(t)
+        self.ede_k.fill_(k)
+
+    def ede_sign(self, x: Tensor) -> Tensor:
+        return _EdeSign.apply(x, self.ede_t, self.ede_k)  # type: ignore[no-any-return]
+
+
+# --- irnet ---------------------------------------------------------------------------
+
+
+class IrNetWeight(_EdeMixin, WeightQuantizer):
+    """IR-Net Libra-PB: w_hat = (w - mean_o)/std_o, b = sign(w_hat) * s_o with
+    s_o = 2^round(log2(mean_o |w_hat|)) (detached). Backward: EDE."""
+
+    def __init__(self, shape: tuple[int, ...], config: BinarizerConfig) -> None:
+        super().__init__(shape, config)
+        self._init_ede()
+
+    def scale(self, w_hat: Tensor) -> Tensor:
+        mean_abs = per_channel(w_hat.detach()).abs().mean(dim=1).clamp_min(1e-12)
+        return torch.pow(2.0, torch.round(torch.log2(mean_abs)))
+
+    def forward(self, w: Tensor) -> Tensor:
+        w_hat = standardize_per_channel(w)
+        return self.ede_sign(w_hat) * _channel_view(self.scale(w_hat), w)
+
+    def export(self, w: Tensor) -> WeightExport:
+        w_hat = standardize_per_channel(w.detach())
+        bits = _to_numpy(sign_pm1(w_hat)).astype(np.int8)
+        return WeightExport(bits, _to_numpy(self.scale(w_hat)).astype(np.float32))
+
+
+class EdeSignActivation(_EdeMixin, ActivationQuantizer):
+    """sign(a) with IR-Net's EDE gradient."""
+
+    def __init__(self, channels: int, config: BinarizerConfig) -> None:
+        super().__init__(channels, config)
+        self._init_ede()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ede_sign(x)
+
+
+# --- siman ---------------------------------------------------------------------------
+
+
+class SimanWeight(WeightQuantizer):
+    """SiMaN: X = |(w - mean_o)/std_o|; the floor(n/2) largest X of each output channel get
+    B = 1 (ties: lower position first gets 0), the rest B = 0. Effective weight
+    alpha_o * (2B - 1) (code ``pm1``) or alpha_o * B (code ``01``), with the identity STE on
+    X. alpha_o is learnable, initialized lazily to mean_o |w|. No weight decay."""
+
+    no_weight_decay = True
+    alpha_initialized: Tensor
+
+    def __init__(self, shape: tuple[int, ...], config: BinarizerConfig) -> None:
+        super().__init__(shape, config)
+        self.alpha = nn.Parameter(torch.ones(shape[0]))
+        self.register_buffer("alpha_initialized", torch.tensor(False))
+
+    def code_bits(self, w: Tensor) -> Tensor:
+        """B in {0, 1}, shape of w."""
+        x = per_channel(standardize_per_channel(w.detach()).abs())
+        n = x.shape[1]
+        ranks = rank_along_rows(x)
+        return (ranks >= n - n // 2).to(w.dtype).reshape(w.shape)
+
+    def forward(self, w: Tensor) -> Tensor:
+        if not bool(self.alpha_initialized):
+            with torch.no_grad():
+                self.alpha.copy_(per_channel(w).abs().mean(dim=1))
+                self.alpha_initialized.fill_(True)
+        b = self.code_bits(w)
+        code = 2 * b - 1 if self.config.params["code"] == "pm1" else b
+        x = standardize_per_channel(w).abs()
+        return (x - x.detach() + code) * _channel_view(self.alpha, w)
+
+    def export(self, w: Tensor) -> WeightExport:
+        from bnn_export.errors import BnnExportError
+
+        if self.config.params["code"] != "pm1":
+            raise BnnExportError(
+                "SiMaN with code '01' has {0,1} weights, which binary conv ops cannot express",
+                hint="train with the default code 'pm1' to export",
+            )
+        bits = _to_numpy(2 * self.code_bits(w) - 1).astype(np.int8)
+        return WeightExport(bits, _to_numpy(self.alpha).astype(np.float32))
+
+
+class CenteredSignActivation(ActivationQuantizer):
+    """SiMaN's activation: sign(a - mean(a)) per sample (mean over all but the batch axis),
+    clipped STE on the centred value. Exported as a float reduction before the binary op."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        dims = tuple(range(1, x.dim()))
+        return ste_sign(x - x.mean(dim=dims, keepdim=True))
+
+    def export(self) -> ActivationExport:
+        return ActivationExport("center")
+
+
+# --- equal_bits ----------------------------------------------------------------------
+
+
+class EqualBitsWeight(WeightQuantizer):
+    """Equal Bits: sort per output channel (or whole layer); the top round(p*n) latent
+    weights become +1, the rest -1 (or the middle ranks 0 with pruning). Fixed scale
+    alpha = sqrt(2/fan_in); identity STE."""
+
+    def bits(self, w: Tensor) -> Tensor:
+        p = self.config.params
+        rows = per_channel(w) if p["granularity"] == "channel" else w.reshape(1, -1)
+        return ot_bits(rows, p["bit_ratio"], p["prune_rate"]).reshape(w.shape)
+
+    def scale(self) -> float:
+        fan_in = int(np.prod(self.shape[1:]))
+        return float(np.sqrt(2.0 / fan_in))
+
+    def forward(self, w: Tensor) -> Tensor:
+        return (w - w.detach() + self.bits(w)) * self.scale()
+
+    def export(self, w: Tensor) -> WeightExport:
+        bits = _to_numpy(self.bits(w.detach())).astype(np.int8)
+        return WeightExport(bits, np.full(self.shape[0], self.scale(), dtype=np.float32))
+
+
+# --- sdbnn ---------------------------------------------------------------------------
+
+
+class SdBnnWeight(_EdeMixin, WeightQuantizer):
+    """SD-BNN WSD: w~ = w + sigmoid(alpha_o) * 0.01 * mean_o(w) (mean detached, alpha_o
+    learnable, init 0); bits = sign(w~) with the EDE gradient; no scale."""
+
+    def __init__(self, shape: tuple[int, ...], config: BinarizerConfig) -> None:
+        super().__init__(shape, config)
+        self._init_ede()
+        self.alpha = nn.Parameter(torch.zeros(shape[0]))
+
+    def shifted(self, w: Tensor) -> Tensor:
+        mean = per_channel(w.detach()).mean(dim=1)
+        return w + _channel_view(torch.sigmoid(self.alpha) * 0.01 * mean, w)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return self.ede_sign(self.shifted(w))
+
+    def export(self, w: Tensor) -> WeightExport:
+        bits = _to_numpy(sign_pm1(self.shifted(w.detach()))).astype(np.int8)
+        return WeightExport(bits, np.ones(self.shape[0], dtype=np.float32))
+
+
+class SdBnnActivation(_EdeMixin, ActivationQuantizer):
+    """SD-BNN ASD: a~ = a + SE(a), SE(a) = sigmoid(W2 relu(W1 GAP(a))) (no biases,
+    reduction 16) per sample and channel; or (``activation="static"``) a~ = a +
+    sigmoid(beta_c). bits = sign(a~) with the EDE gradient."""
+
+    def __init__(self, channels: int, config: BinarizerConfig) -> None:
+        super().__init__(channels, config)
+        self._init_ede()
+        self.static = config.params["activation"] == "static"
+        if self.static:
+            self.beta = nn.Parameter(torch.zeros(channels))
+        else:
+            hidden = max(1, channels // 16)
+            self.se_fc1 = nn.Linear(channels, hidden, bias=False)
+            self.se_fc2 = nn.Linear(hidden, channels, bias=False)
+
+    def shift(self, x: Tensor) -> Tensor:
+        shape = (1, self.channels) + (1,) * (x.dim() - 2)
+        if self.static:
+            return torch.sigmoid(self.beta).reshape(shape)
+        pooled = x.mean(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x
+        se = torch.sigmoid(self.se_fc2(torch.relu(self.se_fc1(pooled))))
+        return se.reshape(x.shape[0], *shape[1:])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ede_sign(x + self.shift(x))
+
+    def export(self) -> ActivationExport:
+        if self.static:
+            return ActivationExport("threshold", threshold=_to_numpy(-torch.sigmoid(self.beta)))
+        return ActivationExport(
+            "se", se_w1=_to_numpy(self.se_fc1.weight), se_w2=_to_numpy(self.se_fc2.weight)
+        )
+
+
+# --- gwt -----------------------------------------------------------------------------
+
+
+class GwtWeight(WeightQuantizer):
+    """Group weight transformation, built from the paper's description (its code and full
+    text were not reachable): each output channel is a group; its weights are normalized
+    (w_hat = (w - mean_o)/std_o) and mapped through tanh(beta * w_hat), an exactly
+    differentiable transform (no STE) whose slope beta is annealed geometrically from
+    beta_min to beta_max over training, driving the outputs to +-1. In evaluation mode
+    (and at export) the weight is the binary limit sign(w_hat), so reported accuracy is
+    that of the exported network; export reports how many transformed values were still
+    unsaturated (|tanh(beta_max * w_hat)| < 0.99)."""
+
+    beta: Tensor
+
+    def __init__(self, shape: tuple[int, ...], config: BinarizerConfig) -> None:
+        super().__init__(shape, config)
+        self.register_buffer("beta", torch.tensor(float(config.params["beta_min"])))
+
+    def set_schedule(self, epoch: int, epochs: int) -> None:
+        lo, hi = self.config.params["beta_min"], self.config.params["beta_max"]
+        frac = epoch / (epochs - 1) if epochs > 1 else 1.0
+        self.beta.fill_(lo * (hi / lo) ** frac)
+
+    def forward(self, w: Tensor) -> Tensor:
+        w_hat = standardize_per_channel(w)
+        if not self.training:
+            return sign_pm1(w_hat)
+        return torch.tanh(self.beta * w_hat)
+
+    def export(self, w: Tensor) -> WeightExport:
+        w_hat = standardize_per_channel(w.detach())
+        soft = torch.tanh(self.config.params["beta_max"] * w_hat)
+        unsaturated = float((soft.abs() < 0.99).float().mean())
+        bits = _to_numpy(sign_pm1(w_hat)).astype(np.int8)
+        return WeightExport(
+            bits, np.ones(self.shape[0], dtype=np.float32), {"unsaturated_fraction": unsaturated}
+        )
+
+
 WEIGHT_QUANTIZERS: dict[str, Callable[[tuple[int, ...], BinarizerConfig], WeightQuantizer]] = {
     "none": FloatWeight,
     "ste": SteSignWeight,
+    "irnet": IrNetWeight,
+    "siman": SimanWeight,
+    "equal_bits": EqualBitsWeight,
+    "sdbnn": SdBnnWeight,
+    "gwt": GwtWeight,
 }
 ACTIVATION_QUANTIZERS: dict[str, Callable[[int, BinarizerConfig], ActivationQuantizer]] = {
     "none": HardTanh,
     "ste": SteSignActivation,
+    "irnet": EdeSignActivation,
+    "siman": CenteredSignActivation,
+    "equal_bits": SteSignActivation,
+    "sdbnn": SdBnnActivation,
+    "gwt": SteSignActivation,
 }
 
 
