@@ -52,7 +52,12 @@ def build_larq_model(arch: dict[str, Any], binarizer: BinarizerConfig) -> keras.
         outputs = zoo.vgg_small(inputs, **common)
     else:
         raise BnnExportError(f"no Larq builder for model {name!r}; valid: {', '.join(ARCHS)}")
-    return keras.Model(inputs, outputs, name=name.replace("-", "_"))
+    model = keras.Model(inputs, outputs, name=name.replace("-", "_"))
+    for layer in binary_layers(model):
+        init = getattr(layer.kernel_quantizer, "init_from_kernel", None)
+        if init is not None:  # e.g. SiMaN's alpha = mean_o |w|
+            init(np.asarray(tf.convert_to_tensor(layer.kernel.latent_variable)))
+    return model
 
 
 # --- binary layers and quantizers -----------------------------------------------------

@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 
 from bnn_export.binarizers import larq_impl as bz
 from bnn_export.errors import BnnExportError
 from bnn_export.models.larq_build import QUANTIZER_ATTRS
-from bnn_export.models.larq_layers import QuantDense1x1
+from bnn_export.models.larq_layers import QuantDense1x1, is_binary_layer
 from bnn_export.models.larq_zoo import kname
 
 _BN = {
@@ -40,13 +41,20 @@ def _flatten_source(layer: keras.layers.Layer) -> tuple[int, int, int] | None:
     return None
 
 
+def _flatten_perm(layer: keras.layers.Layer) -> np.ndarray | None:
+    """For each Keras (H, W, C)-flattened input feature, its PyTorch (C, H, W) index."""
+    src = _flatten_source(layer)
+    if src is None or (src[0] == 1 and src[1] == 1):
+        return None
+    h, w, c = src
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+
+
 def _dense_kernel(layer: keras.layers.Layer, weight: np.ndarray) -> np.ndarray:
     """Torch Linear weight (O, I) -> Keras kernel (I, O) in the Keras input order."""
-    src = _flatten_source(layer)
-    if src is not None and (src[0] > 1 or src[1] > 1):
-        h, w, c = src
-        o = weight.shape[0]
-        weight = weight.reshape(o, c, h, w).transpose(0, 2, 3, 1).reshape(o, h * w * c)
+    perm = _flatten_perm(layer)
+    if perm is not None:
+        weight = weight[:, perm]
     return np.ascontiguousarray(weight.T)
 
 
@@ -125,7 +133,16 @@ def load_torch_state_into_larq(model: keras.Model, state: dict[str, np.ndarray])
                 f"Larq counterpart",
                 hint="build both models with the same binarizer",
             )
+        axis = quantizer.input_channel_axis.get(pname)
+        perm = _flatten_perm(layer)
+        if axis is not None and perm is not None:
+            arr = np.take(arr, perm, axis=axis)
         _assign(variables[pname], arr, f"{module}.{pname}")
+    for layer in model.layers:
+        if is_binary_layer(layer):
+            kernel = np.asarray(tf.convert_to_tensor(layer.kernel.latent_variable))
+            layer.kernel_quantizer.on_weights_loaded(kernel)
+            layer.input_quantizer.on_weights_loaded(kernel)
     unloaded = [
         layer.name
         for layer in model.layers
