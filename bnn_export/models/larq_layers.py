@@ -22,28 +22,38 @@ from bnn_export.binarizers.larq_impl import register
 
 @register
 class TorchPadQuantConv2D(lq.layers.QuantConv2D):
-    """QuantConv2D with PyTorch's symmetric padding of (k - 1) // 2 per side."""
+    """QuantConv2D computing PyTorch's ``padding=(k - 1) // 2`` on its binarized input.
+
+    Only the padding a window actually reads is added: top/left p, bottom/right what the
+    last window needs (for a stride-2 3x3 conv on an even input that is (1, 0), where
+    Keras "same" would pad (0, 1)). Needs static spatial input sizes.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["padding"] = "same"
         super().__init__(*args, **kwargs)
         self._is_native_padding = False
 
-    def _pads(self) -> list[list[int]]:
-        return [
-            [(k - 1) * d // 2] * 2
-            for k, d in zip(self.kernel_size, self.dilation_rate, strict=True)
-        ]
+    def _pads(self, spatial: list[int | None]) -> list[list[int]]:
+        pads = []
+        for size, k, d, s in zip(
+            spatial, self.kernel_size, self.dilation_rate, self.strides, strict=True
+        ):
+            if size is None:
+                raise ValueError(f"{self.name}: PyTorch-style padding needs static input sizes")
+            p = (k - 1) * d // 2
+            span = (k - 1) * d + 1
+            out = (size + 2 * p - span) // s + 1
+            pads.append([p, max(0, (out - 1) * s + span - size - p)])
+        return pads
 
     def _get_padding_same(self, inputs: tf.Tensor) -> list[list[int]]:
-        return [[0, 0], *self._pads(), [0, 0]]
+        return [[0, 0], *self._pads(inputs.shape.as_list()[1:3]), [0, 0]]
 
     def _get_padding_same_shape(self, input_shape: Any) -> tf.TensorShape:
         shape = tf.TensorShape(input_shape).as_list()
-        spatial = [
-            None if s is None else s + p[0] + p[1]
-            for s, p in zip(shape[1:3], self._pads(), strict=True)
-        ]
+        pads = self._pads(shape[1:3])
+        spatial = [s + p[0] + p[1] for s, p in zip(shape[1:3], pads, strict=True)]
         return tf.TensorShape([shape[0], *spatial, shape[3]])
 
 
