@@ -10,6 +10,8 @@ with hardtanh inputs and zero padding, as on the PyTorch side.
 
 from __future__ import annotations
 
+from typing import Any
+
 import larq as lq
 import tensorflow as tf
 import tf_keras as keras
@@ -100,7 +102,7 @@ def bireal_block(
     binarizer: BinarizerConfig,
     pad_value: float,
 ) -> tf.Tensor:
-    conv = dict(binarizer=binarizer, pad_value=pad_value)
+    conv: dict[str, Any] = dict(binarizer=binarizer, pad_value=pad_value)
     out = bn(binary_conv(x, out_channels, f"{path}.conv1", stride=stride, **conv), f"{path}.bn1")
     shortcut = x
     if stride != 1 or in_channels != out_channels:

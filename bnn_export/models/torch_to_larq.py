@@ -127,7 +127,7 @@ def load_torch_state_into_larq(model: keras.Model, state: dict[str, np.ndarray])
         layer = layers.get(kname(module))
         quantizer = getattr(layer, attr, None)
         variables = quantizer.torch_params() if quantizer is not None else {}
-        if pname not in variables:
+        if quantizer is None or pname not in variables:
             raise BnnExportError(
                 f"PyTorch binarizer tensor {module}.{QUANTIZER_ATTRS[attr]}.{pname} has no "
                 f"Larq counterpart",
