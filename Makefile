@@ -17,8 +17,12 @@ setup: system-deps $(STAMP)
 system-deps:
 	@bash scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+NATIVE_SOURCES := setup.py $(wildcard runtime/*.c runtime/*.h runtime/*.cc)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) $(NATIVE_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# onnxruntime C/C++ headers for our custom-op library (or set ORT_INCLUDE_DIR)
+	bash scripts/fetch_ort_headers.sh
 	$(PY) -m pip install -q --upgrade pip
 	# torch 2.13.0 CPU from the wheel on disk first: a bare `torch` would pull CUDA.
 	$(PY) -m pip install -q -c $(CONSTRAINTS) torch==2.13.0
@@ -42,7 +46,7 @@ pytest: setup
 test: lint typecheck pytest
 
 bench: setup
-	@echo "make bench: no benchmarks yet (they arrive with the kernel/converter issues)"
+	$(PY) benchmarks/bench_kernels.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

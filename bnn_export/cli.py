@@ -58,6 +58,20 @@ def cli(ctx: click.Context, debug: bool) -> None:
     show_default=True,
     help=f"Weight binarizer: {', '.join(binarizer_registry.names())}.",
 )
+@click.option(
+    "--bit-ratio",
+    type=float,
+    default=None,
+    help="equal_bits: fraction p in (0, 1) of +1 weights per channel/layer.",
+)
+@click.option("--ot-granularity", default=None, help="equal_bits: channel (default) or layer.")
+@click.option(
+    "--prune-rate",
+    type=float,
+    default=None,
+    help="equal_bits: fraction k in [0, 1) of middle-ranked weights set to 0.",
+)
+@click.option("--siman-code", default=None, help="siman: pm1 (default, exportable) or 01.")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-2, show_default=True, type=float)
@@ -84,6 +98,10 @@ def train(
     model_name: str,
     dataset: str,
     binarizer: str,
+    bit_ratio: float | None,
+    ot_granularity: str | None,
+    prune_rate: float | None,
+    siman_code: str | None,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -102,7 +120,12 @@ def train(
 
     if framework not in ("torch", "larq"):
         raise unknown_name("framework", framework, ("torch", "larq"))
-    config = binarizer_registry.get(binarizer)
+    config = binarizer_registry.get(
+        binarizer,
+        **binarizer_params(
+            bit_ratio=bit_ratio, granularity=ot_granularity, prune_rate=prune_rate, code=siman_code
+        ),
+    )
     if not lr > 0 or lr != lr:
         raise BnnExportError(f"--lr must be a positive number, got {lr}")
     if output is not None:
@@ -135,15 +158,162 @@ def train(
     )
 
 
+@cli.command()
+@click.option("--model", "model_name", default="digits", show_default=True)
+@click.option("--dataset", default="digits", show_default=True)
+@click.option(
+    "--binarizers", default="equal_bits", show_default=True, help="Comma-separated binarizer names."
+)
+@click.option(
+    "--bit-ratios",
+    default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    show_default=True,
+    help="Comma-separated ratios p in (0, 1).",
+)
+@click.option("--ot-granularity", default="channel", show_default=True)
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=1e-2, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(),
+    required=True,
+    help="Directory for sweep.json, sweep.md, sweep.png.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def sweep(
+    model_name: str,
+    dataset: str,
+    binarizers: str,
+    bit_ratios: str,
+    ot_granularity: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    output: str,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Train over bit ratios (and binarizers); write a table and a plot of accuracy vs p."""
+    from bnn_export.binarizers import check_bit_ratio
+    from bnn_export.datasets import load_dataset
+    from bnn_export.models import arch_spec
+    from bnn_export.sweep import markdown_table, run_sweep, write_sweep
+    from bnn_export.train_torch import TrainSettings
+
+    configs = [binarizer_registry.get(n.strip()) for n in binarizers.split(",") if n.strip()]
+    if any(not c.binary for c in configs) or not configs:
+        raise BnnExportError("--binarizers takes binary binarizers (not 'none')")
+    try:
+        ratios = [check_bit_ratio(float(v)) for v in bit_ratios.split(",")]
+    except ValueError:
+        raise BnnExportError(
+            f"--bit-ratios must be comma-separated numbers, got {bit_ratios!r}"
+        ) from None
+    binarizer_registry.get("equal_bits", granularity=ot_granularity)  # validates the name
+    check_writable(output)
+    data = load_dataset(dataset)
+    arch = arch_spec(model_name, num_classes=data.num_classes)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False)
+    rows = run_sweep(
+        arch=arch,
+        data=data,
+        binarizers=configs,
+        ratios=ratios,
+        granularity=ot_granularity,
+        settings=settings,
+        progress=not quiet and not as_json,
+    )
+    title = f"{model_name} on {data.spec}, {epochs} epochs, OT granularity {ot_granularity}"
+    meta = {
+        "model": model_name,
+        "dataset": data.spec,
+        "epochs": epochs,
+        "lr": lr,
+        "seed": seed,
+        "granularity": ot_granularity,
+        "bnn_export_version": __version__,
+    }
+    write_sweep(rows, output, title, meta)
+    _emit(
+        {"meta": meta, "rows": rows},
+        as_json,
+        markdown_table(rows, title) + f"\nwritten to {output}/",
+    )
+
+
+def binarizer_params(**given: Any) -> dict[str, Any]:
+    """CLI binarizer options that were given (None = not given)."""
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _not_implemented(name: str) -> None:
     raise BnnExportError(f"`bnn-export {name}` is not implemented yet in {__version__}")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def convert(args: tuple[str, ...]) -> None:
-    """Convert a trained run to .tflite (LCE) or .onnx (not implemented yet)."""
-    _not_implemented("convert")
+@cli.command()
+@click.argument("source", type=click.Path())
+@click.option("--format", "fmt", required=True, help="tflite (LCE) or onnx.")
+@click.option("-o", "--output", type=click.Path(), required=True, help="Output file.")
+@click.option(
+    "--target",
+    default="onnxruntime",
+    show_default=True,
+    help="onnx only: onnxruntime (our BinaryConv2d op), openvino, or reference.",
+)
+@click.option(
+    "--bit-ratio",
+    type=float,
+    default=None,
+    help="Fix every binary layer to this ratio of +1 weights by OT sorting first.",
+)
+@click.option("--ot-granularity", default="channel", show_default=True, help="channel or layer.")
+@click.option(
+    "--recalibrate-bn/--no-recalibrate-bn",
+    default=True,
+    show_default=True,
+    help="After --bit-ratio fixing, re-estimate batch-norm statistics on the training split.",
+)
+@click.option(
+    "--validate/--no-validate",
+    default=True,
+    show_default=True,
+    help="Run the artifact on the test split and compare with the source model.",
+)
+@click.option("--dataset", default=None, help="Dataset for validation (default: the checkpoint's).")
+@click.option("--json", "as_json", is_flag=True)
+def convert(
+    source: str,
+    fmt: str,
+    output: str,
+    target: str,
+    bit_ratio: float | None,
+    ot_granularity: str,
+    recalibrate_bn: bool,
+    validate: bool,
+    dataset: str | None,
+    as_json: bool,
+) -> None:
+    """Convert a trained run (directory or checkpoint) to .tflite (LCE) or .onnx."""
+    from bnn_export.convert_cli import run_convert
+
+    result = run_convert(
+        source,
+        fmt=fmt,
+        output=output,
+        target=target,
+        bit_ratio=bit_ratio,
+        granularity=ot_granularity,
+        recalibrate_bn=recalibrate_bn,
+        validate=validate,
+        dataset=dataset,
+        progress=not as_json,
+    )
+    _emit(result, as_json, result["summary"])
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -153,11 +323,15 @@ def bench(args: tuple[str, ...]) -> None:
     _not_implemented("bench")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def inspect(args: tuple[str, ...]) -> None:
-    """Show the ops and metadata of an exported model (not implemented yet)."""
-    _not_implemented("inspect")
+@cli.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def inspect(artifact: str, as_json: bool) -> None:
+    """Show the ops, parameters and metadata of a .tflite or .onnx file."""
+    from bnn_export.inspect_artifact import format_report, inspect_file
+
+    info = inspect_file(artifact)
+    _emit(info, as_json, format_report(info))
 
 
 @cli.command(name="list")

@@ -14,6 +14,12 @@ from typing import Any
 from bnn_export.errors import BnnExportError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(path: str | os.PathLike[str]) -> None:
     """Fail early (before any long work) if ``path`` cannot be written."""
     _check_parent(Path(path))
@@ -55,6 +61,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -34,7 +34,7 @@ def train_run(
         from bnn_export.models.torch_build import build_torch_model, layer_bit_ratios, torch_state
         from bnn_export.train_torch import accuracy, train
 
-        model = build_torch_model(arch, binarizer)
+        model = build_torch_model(arch, binarizer, seed=settings.seed)
         history = train(model, data, settings)
         test_accuracy = accuracy(model, data.x_test, data.y_test)
         tensors = torch_state(model)

@@ -113,3 +113,22 @@ def train(model: nn.Module, data: Dataset, settings: TrainSettings) -> list[dict
                 f"train {record['train_accuracy']:.2%} test {test_acc:.2%} ({record['seconds']:.1f}s)"
             )
     return history
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> None:
+    """Re-estimate batch-norm running statistics on ``x`` (e.g. after bit-ratio fixing
+    changed the binary layers' outputs); weights are untouched. Leaves eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all batches
+    model.eval()
+    for bn in bns:
+        bn.train()
+    for i in range(0, len(x), batch_size):
+        model(torch.from_numpy(x[i : i + batch_size]))
+    for bn, momentum in zip(bns, saved, strict=True):
+        bn.momentum = momentum
+    model.eval()

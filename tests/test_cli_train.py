@@ -90,3 +90,40 @@ def test_failed_run_leaves_no_partial_output(tmp_path: Path) -> None:
 def test_unimplemented_commands_exit_nonzero(command: str) -> None:
     res = run_cli(command, "x")
     assert res.returncode == 2 and "not implemented yet" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bit-ratio", "0"], "bit ratio must be a number in (0, 1), got 0.0"),
+        (["--bit-ratio", "1.5"], "bit ratio must be a number in (0, 1), got 1.5"),
+        (["--bit-ratio", "nan"], "bit_ratio=nan must be finite"),
+        (["--prune-rate", "1"], "prune rate must be a number in [0, 1), got 1.0"),
+        (["--prune-rate", "-0.5"], "prune rate must be a number in [0, 1), got -0.5"),
+        (["--ot-granularity", "x"], "granularity must be one of channel, layer"),
+    ],
+)
+def test_equal_bits_bad_parameters(args: list[str], message: str) -> None:
+    res = run_cli("train", "--binarizer", "equal_bits", "--epochs", "1", "--quiet", *args)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_equal_bits_records_achieved_ratio(tmp_path: Path) -> None:
+    res = run_cli(
+        "train", "--binarizer", "equal_bits", "--bit-ratio", "0.3", "--epochs", "1", "--json"
+    )
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads(res.stdout)
+    assert metrics["binarizer"]["params"]["bit_ratio"] == 0.3
+    for r in metrics["bit_ratios"].values():  # n = 288, 576, 256 -> round(0.3 n) / n
+        assert r["min"] == r["max"] and abs(r["mean"] - 0.3) < 0.002
+
+
+def test_same_seed_reproduces_metrics(tmp_path: Path) -> None:
+    runs = [run_cli("train", "--epochs", "2", "--binarizer", "irnet", "--json") for _ in range(2)]
+    a, b = (json.loads(r.stdout) for r in runs)
+    for m in (a, b):
+        m.pop("train_seconds")
+        for h in m["history"]:
+            h.pop("seconds")
+    assert a == b

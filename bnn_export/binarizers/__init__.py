@@ -51,6 +51,12 @@ def check_prune_rate(k: Any) -> float:
     return float(k)
 
 
+def count_of_top(p: float, n: int) -> int:
+    """round(p * n) with halves rounded up: how many of n weights a ratio p makes +1.
+    The same rule in every backend and in bit-ratio fixing."""
+    return math.floor(p * n + 0.5)
+
+
 def _check_ede(p: dict[str, Any]) -> None:
     _positive("t_min", p["t_min"])
     _positive("t_max", p["t_max"])
@@ -168,7 +174,7 @@ def _validate(name: str, params: dict[str, Any]) -> dict[str, Any]:
     info = REGISTRY[name]
     unknown = set(params) - set(info.defaults)
     if unknown:
-        valid = ", ".join(sorted(info.defaults)) or "none"
+        valid = ", ".join(sorted(info.defaults)) or "(it takes no parameters)"
         raise BnnExportError(
             f"binarizer {name!r} has no parameter(s) {', '.join(sorted(unknown))}; valid: {valid}"
         )

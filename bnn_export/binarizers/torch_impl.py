@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bnn_export.binarizers import BinarizerConfig
+from bnn_export.binarizers import BinarizerConfig, count_of_top
 from bnn_export.binarizers.exports import ActivationExport, WeightExport
 
 
@@ -64,6 +64,11 @@ class WeightQuantizer(nn.Module):
 
     def export(self, w: Tensor) -> WeightExport:
         raise NotImplementedError
+
+    def score(self, w: Tensor) -> Tensor:
+        """The value whose order decides the bits (bit +1 for the larger values): what
+        optimal-transport bit-ratio fixing sorts. Default: the latent weight itself."""
+        return w.detach()
 
 
 class ActivationQuantizer(nn.Module):
@@ -140,11 +145,6 @@ def standardize_per_channel(w: Tensor) -> Tensor:
     mean = flat.mean(dim=1, keepdim=True)
     std = flat.std(dim=1, correction=0, keepdim=True).clamp_min(1e-8)
     return ((flat - mean) / std).reshape(w.shape)
-
-
-def count_of_top(p: float, n: int) -> int:
-    """round(p * n) with halves rounded up, identically in every backend."""
-    return int(np.floor(p * n + 0.5))
 
 
 def rank_along_rows(x: Tensor) -> Tensor:
@@ -239,6 +239,9 @@ class IrNetWeight(_EdeMixin, WeightQuantizer):
         bits = _to_numpy(sign_pm1(w_hat)).astype(np.int8)
         return WeightExport(bits, _to_numpy(self.scale(w_hat)).astype(np.float32))
 
+    def score(self, w: Tensor) -> Tensor:
+        return standardize_per_channel(w.detach())
+
 
 class EdeSignActivation(_EdeMixin, ActivationQuantizer):
     """sign(a) with IR-Net's EDE gradient."""
@@ -295,6 +298,9 @@ class SimanWeight(WeightQuantizer):
             )
         bits = _to_numpy(2 * self.code_bits(w) - 1).astype(np.int8)
         return WeightExport(bits, _to_numpy(self.alpha).astype(np.float32))
+
+    def score(self, w: Tensor) -> Tensor:
+        return standardize_per_channel(w.detach()).abs()
 
 
 class CenteredSignActivation(ActivationQuantizer):
@@ -356,6 +362,9 @@ class SdBnnWeight(_EdeMixin, WeightQuantizer):
     def export(self, w: Tensor) -> WeightExport:
         bits = _to_numpy(sign_pm1(self.shifted(w.detach()))).astype(np.int8)
         return WeightExport(bits, np.ones(self.shape[0], dtype=np.float32))
+
+    def score(self, w: Tensor) -> Tensor:
+        return self.shifted(w.detach()).detach()
 
 
 class SdBnnActivation(_EdeMixin, ActivationQuantizer):
@@ -431,6 +440,34 @@ class GwtWeight(WeightQuantizer):
         return WeightExport(
             bits, np.ones(self.shape[0], dtype=np.float32), {"unsaturated_fraction": unsaturated}
         )
+
+    def score(self, w: Tensor) -> Tensor:
+        return standardize_per_channel(w.detach())
+
+
+class FrozenWeight(WeightQuantizer):
+    """Fixed exported bits (e.g. after bit-ratio fixing): forward gives bits * scale."""
+
+    effective: Tensor
+
+    def __init__(
+        self, shape: tuple[int, ...], config: BinarizerConfig, export: WeightExport
+    ) -> None:
+        super().__init__(shape, config)
+        self.frozen = export
+        self.register_buffer(
+            "effective",
+            torch.from_numpy(export.bits.astype(np.float32))
+            * torch.from_numpy(export.scale.astype(np.float32)).reshape(
+                -1, *[1] * (len(shape) - 1)
+            ),
+        )
+
+    def forward(self, w: Tensor) -> Tensor:
+        return self.effective
+
+    def export(self, w: Tensor) -> WeightExport:
+        return self.frozen
 
 
 WEIGHT_QUANTIZERS: dict[str, Callable[[tuple[int, ...], BinarizerConfig], WeightQuantizer]] = {

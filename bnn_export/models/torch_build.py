@@ -16,7 +16,12 @@ from bnn_export.models.layers import binary_layers
 from bnn_export.models.torch_zoo import CifarResNet, DigitsNet, VGGSmall
 
 
-def build_torch_model(arch: dict[str, Any], binarizer: BinarizerConfig) -> nn.Module:
+def build_torch_model(
+    arch: dict[str, Any], binarizer: BinarizerConfig, *, seed: int | None = None
+) -> nn.Module:
+    """The architecture with freshly initialized weights (seeded when ``seed`` is given)."""
+    if seed is not None:
+        torch.manual_seed(seed)
     name = arch["name"]
     kw = arch["kwargs"]
     c, h, w = kw["input_shape"]

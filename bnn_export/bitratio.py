@@ -1,0 +1,126 @@
+"""Optimal-transport bit-ratio fixing (Equal Bits' sort), applied to any trained model
+before export.
+
+For a Bernoulli(p) target in one dimension, optimal transport is a sort: in each output
+channel (or the whole layer) the round(p*n) entries with the largest binarizer score get
++1 and the rest -1. Ties go by position (a stable sort), so results are deterministic
+and identical to the Equal Bits binarizer's training forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from bnn_export.binarizers import check_bit_ratio, count_of_top
+from bnn_export.binarizers import torch_impl as bz
+from bnn_export.binarizers.exports import WeightExport
+from bnn_export.errors import BnnExportError
+from bnn_export.models.layers import binary_layers
+
+GRANULARITIES = ("channel", "layer")
+
+
+def ot_sort_bits(scores: np.ndarray, p: float) -> np.ndarray:
+    """Rows of scores -> int8 rows in {-1, +1} with exactly round(p*n) ones per row."""
+    rows = np.asarray(scores).reshape(scores.shape[0], -1)
+    n = rows.shape[1]
+    order = np.argsort(rows, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(n)[None, :].repeat(len(rows), 0), axis=1)
+    return np.where(ranks >= n - count_of_top(p, n), 1, -1).astype(np.int8).reshape(scores.shape)
+
+
+@dataclass(frozen=True)
+class LayerRatio:
+    """What fixing achieved in one layer."""
+
+    target: float
+    granularity: str
+    n: int  # weights per channel (or per layer)
+    ones_expected: int  # per channel (or per layer)
+    achieved_mean: float
+    achieved_min: float
+    achieved_max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def fix_layer_bits(
+    scores: np.ndarray, scale: np.ndarray, p: float, granularity: str
+) -> tuple[WeightExport, LayerRatio]:
+    """Bits with exactly round(p*n) ones per channel (or per layer), and the check of it."""
+    p = check_bit_ratio(p)
+    if granularity not in GRANULARITIES:
+        raise BnnExportError(
+            f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}"
+        )
+    rows = (
+        scores.reshape(scores.shape[0], -1) if granularity == "channel" else scores.reshape(1, -1)
+    )
+    bits = ot_sort_bits(rows, p).reshape(scores.shape)
+    export = WeightExport(bits, scale.astype(np.float32))
+    ratio = verify_ratio(export, p, granularity)
+    return export, ratio
+
+
+def verify_ratio(export: WeightExport, p: float, granularity: str) -> LayerRatio:
+    """Check every channel (or the layer) holds exactly round(p*n) +1 weights."""
+    flat = (
+        export.bits.reshape(export.bits.shape[0], -1)
+        if granularity == "channel"
+        else (export.bits.reshape(1, -1))
+    )
+    n = flat.shape[1]
+    expected = count_of_top(p, n)
+    ones = (flat == 1).sum(axis=1)
+    if not (ones == expected).all() or not np.isin(flat, (-1, 1)).all():
+        raise BnnExportError(
+            f"bit-ratio fixing failed: expected {expected} of {n} weights +1 per {granularity}, "
+            f"found {ones.min()}..{ones.max()}"
+        )
+    per_channel = export.ratio_per_channel()
+    return LayerRatio(
+        target=p,
+        granularity=granularity,
+        n=n,
+        ones_expected=expected,
+        achieved_mean=float((export.bits == 1).mean()),
+        achieved_min=float(per_channel.min()),
+        achieved_max=float(per_channel.max()),
+    )
+
+
+def fix_bit_ratios(
+    model: nn.Module, p: float, granularity: str = "channel"
+) -> dict[str, LayerRatio]:
+    """Re-derive every binary layer's bits by OT sorting at ratio ``p``, in place.
+
+    Each layer's weight quantizer is replaced by a frozen one holding the fixed bits and
+    the binarizer's own scale, so the model (and any export of it) computes with them.
+    Returns what was achieved per layer (verified).
+    """
+    report: dict[str, LayerRatio] = {}
+    for name, layer in binary_layers(model):
+        if not layer.is_binary:
+            raise BnnExportError(
+                f"layer {name!r} is a float layer; bit ratios apply to binary layers"
+            )
+        quantizer = layer.weight_quantizer
+        original = layer.export_weights()
+        if original.ternary:
+            raise BnnExportError(
+                f"layer {name!r} has pruned (zero) weights; bit-ratio fixing needs a model trained "
+                "without --prune-rate"
+            )
+        scores = quantizer.score(layer.weight).cpu().numpy()
+        fixed, ratio = fix_layer_bits(scores, original.scale, p, granularity)
+        layer.weight_quantizer = bz.FrozenWeight(tuple(layer.weight.shape), layer.binarizer, fixed)
+        report[name] = ratio
+    if not report:
+        raise BnnExportError("the model has no binary layers to fix")
+    return report

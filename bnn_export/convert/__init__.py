@@ -1,0 +1,1 @@
+"""Converters and op definitions for exported models."""

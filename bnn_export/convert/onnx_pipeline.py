@@ -1,0 +1,33 @@
+"""checkpoint -> .onnx bytes (+ what to verify in them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bnn_export.convert.graph import graph_from_torch
+from bnn_export.convert.onnx_export import to_onnx
+from bnn_export.convert.source import Source
+from bnn_export.errors import BnnExportError
+
+
+def convert_onnx(source: Source, *, target: str) -> tuple[bytes, dict[str, Any]]:
+    """(.onnx bytes, facts: expected/found binary op counts)."""
+    if source.model is None:
+        raise BnnExportError(
+            f"ONNX export of {source.checkpoint.framework!r} checkpoints is not supported",
+            hint="export larq models with --format tflite, or train with --framework torch",
+        )
+    graph = graph_from_torch(source.model, source.input_shape)
+    bit_ratios = {
+        n.attrs["module"]: float((n.attrs["weights"].bits == 1).mean())
+        for n in graph.binary_nodes()
+    }
+    model = to_onnx(graph, target=target, metadata=source.metadata(bit_ratios))
+    op = {"onnxruntime": "BinaryConv2d", "openvino": "FakeQuantize"}.get(target)
+    found = sum(1 for n in model.graph.node if n.op_type == op) if op else len(graph.binary_nodes())
+    facts = {
+        "binary_layers": len(graph.binary_nodes()),
+        "binary_ops": found,
+        "binary_op": op or "sign+Conv",
+    }
+    return model.SerializeToString(), facts

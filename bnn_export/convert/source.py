@@ -1,0 +1,76 @@
+"""The model a conversion starts from: a checkpoint, optionally with bit ratios fixed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from bnn_export import __version__
+from bnn_export.checkpoint import Checkpoint, load_checkpoint
+from bnn_export.errors import BnnExportError
+
+
+@dataclass
+class Source:
+    checkpoint: Checkpoint
+    model: nn.Module | None  # the PyTorch model (None for larq checkpoints)
+    bit_ratio_fix: dict[str, Any] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.checkpoint.arch["kwargs"]["input_shape"]
+        return int(c), int(h), int(w)
+
+    def metadata(self, bit_ratios: dict[str, Any]) -> dict[str, Any]:
+        """What every exported file records about its origin."""
+        ck = self.checkpoint
+        return {
+            "bnn_export_version": __version__,
+            "source_framework": ck.framework,
+            "arch": ck.arch,
+            "binarizer": ck.binarizer.to_dict(),
+            "dataset": ck.dataset,
+            "bit_ratios": bit_ratios,
+            "bit_ratio_fix": self.bit_ratio_fix,
+        }
+
+
+def load_source(
+    path: str | Path,
+    *,
+    bit_ratio: float | None = None,
+    granularity: str = "channel",
+    recalibrate_on: Any = None,
+) -> Source:
+    """Load a checkpoint; with ``bit_ratio`` re-derive every binary layer's bits by OT
+    sorting (verified per layer) and, given data (``recalibrate_on``: NCHW float32 array),
+    re-estimate batch-norm statistics for the fixed bits."""
+    ckpt = load_checkpoint(path)
+    if not ckpt.binarizer.binary and bit_ratio is not None:
+        raise BnnExportError("--bit-ratio applies to binary models; this one is float ('none')")
+    if ckpt.framework != "torch":
+        return Source(ckpt, None)
+    from bnn_export.models.torch_build import torch_model_from_checkpoint
+
+    model = torch_model_from_checkpoint(ckpt)
+    source = Source(ckpt, model)
+    if bit_ratio is not None:
+        from bnn_export.bitratio import fix_bit_ratios
+
+        report = fix_bit_ratios(model, bit_ratio, granularity)
+        recalibrated = False
+        if recalibrate_on is not None:
+            from bnn_export.train_torch import recalibrate_batchnorm
+
+            recalibrate_batchnorm(model, recalibrate_on)
+            recalibrated = True
+        source.bit_ratio_fix = {
+            "target": bit_ratio, "granularity": granularity, "verified": True,
+            "batchnorm_reestimated": recalibrated,
+            "layers": {k: v.to_dict() for k, v in report.items()},
+        }  # fmt: skip
+    return source

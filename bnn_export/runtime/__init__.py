@@ -1,0 +1,1 @@
+"""Native runtime: xor + popcount binary convolution kernels and the onnxruntime op library."""

@@ -1,0 +1,183 @@
+"""Run an artifact locally: one ``Runner`` per runtime, all taking NCHW float32 batches.
+
+- ``onnxruntime``: an .onnx with our custom ops (or standard ops only) in onnxruntime.
+- ``openvino``: an .onnx of the openvino target, compiled for CPU with a static batch of 1
+  (BinaryConvolution does not support dynamic shapes).
+- ``lce``: a .tflite in Larq Compute Engine's interpreter (NHWC inside).
+- ``torch``: a bnn-export checkpoint (the reference).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnn_export.errors import BnnExportError
+
+RUNTIMES = ("onnxruntime", "openvino", "lce", "torch")
+
+
+@dataclass
+class Runner:
+    name: str
+    version: str
+    num_threads: int
+    input_shape: tuple[int, ...]  # C, H, W
+    init_seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def predict_one(self, x: np.ndarray) -> np.ndarray:
+        """Logits for a batch of one [1, C, H, W]."""
+        raise NotImplementedError
+
+    def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Logits for [N, C, H, W]."""
+        self.check_input(x)
+        return np.concatenate([self.predict_one(x[i : i + 1]) for i in range(len(x))])
+
+    def check_input(self, x: np.ndarray) -> None:
+        if x.dtype != np.float32:
+            raise BnnExportError(f"input dtype {x.dtype} given; the model takes float32")
+        if tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise BnnExportError(
+                f"input shape {tuple(x.shape[1:])} does not match the model's input "
+                f"{tuple(self.input_shape)} (C, H, W)",
+                hint="pass a dataset whose images the model was exported for (--dataset)",
+            )
+
+
+class OnnxRuntimeRunner(Runner):
+    def __init__(self, model: bytes, *, num_threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        from bnn_export.runtime.onnx_session import onnx_session
+
+        t0 = time.perf_counter()
+        self.session = onnx_session(model, num_threads=num_threads)
+        shape = self.session.get_inputs()[0].shape[1:]
+        super().__init__("onnxruntime", ort.__version__, num_threads, tuple(int(s) for s in shape),
+                         init_seconds=time.perf_counter() - t0)  # fmt: skip
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict_one(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: x})[0])
+
+    def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        self.check_input(x)
+        out = [self.predict_one(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return np.concatenate(out)
+
+
+class OpenVinoRunner(Runner):
+    def __init__(self, model: bytes, *, num_threads: int = 1) -> None:
+        import openvino as ov
+
+        t0 = time.perf_counter()
+        core = ov.Core()
+        ov_model = core.read_model(model, b"")
+        shape = [int(d.get_length()) for d in ov_model.inputs[0].get_partial_shape()[1:]]
+        ov_model.reshape([1, *shape])
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(num_threads)}
+        self.compiled = core.compile_model(ov_model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        super().__init__("openvino", ov.__version__, num_threads, tuple(shape),
+                         init_seconds=time.perf_counter() - t0)  # fmt: skip
+        ops = [
+            op.get_rt_info()["layerType"].astype(str)
+            for op in self.compiled.get_runtime_model().get_ops()
+        ]
+        self.info["runtime_ops"] = {t: ops.count(t) for t in sorted(set(ops))}
+
+    def predict_one(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.request.infer({0: x})[0]).copy()
+
+
+class LceRunner(Runner):
+    def __init__(
+        self, flatbuffer: bytes, *, num_threads: int = 1, indirect_bgemm: bool = False
+    ) -> None:
+        import larq_compute_engine as lce
+        from larq_compute_engine.tflite.python.interpreter import Interpreter
+
+        t0 = time.perf_counter()
+        self.interpreter = Interpreter(
+            flatbuffer, num_threads=num_threads, use_reference_bconv=False,
+            use_indirect_bgemm=indirect_bgemm, use_xnnpack=False,
+        )  # fmt: skip
+        h, w, c = self.interpreter.input_shapes[0][1:]
+        super().__init__("lce", getattr(lce, "__version__", "0.16.0"), num_threads, (c, h, w),
+                         init_seconds=time.perf_counter() - t0)  # fmt: skip
+
+    def predict_one(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.interpreter.predict(np.transpose(x, (0, 2, 3, 1)))).reshape(1, -1)
+
+
+class TorchRunner(Runner):
+    def __init__(self, checkpoint: str | Path, *, num_threads: int = 1) -> None:
+        import torch
+
+        from bnn_export.checkpoint import load_checkpoint
+        from bnn_export.models.torch_build import torch_model_from_checkpoint
+
+        t0 = time.perf_counter()
+        torch.set_num_threads(num_threads)
+        self.checkpoint = load_checkpoint(checkpoint)
+        self.model = torch_model_from_checkpoint(self.checkpoint)
+        shape = tuple(self.checkpoint.arch["kwargs"]["input_shape"])
+        super().__init__("torch", torch.__version__, num_threads, shape,
+                         init_seconds=time.perf_counter() - t0)  # fmt: skip
+
+    def predict_one(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return np.asarray(self.model(torch.from_numpy(x)).numpy())
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        from bnn_export.train_torch import predict
+
+        self.check_input(x)
+        return predict(self.model, x, batch_size)
+
+
+def onnx_target(model_bytes: bytes) -> str:
+    """The bnn-export target recorded in an .onnx file's metadata ('' if none)."""
+    import onnx
+
+    model = onnx.load_from_string(model_bytes)
+    return {p.key: p.value for p in model.metadata_props}.get("bnn_export_target", "")
+
+
+def open_runner(path: str | Path, *, runtime: str = "auto", num_threads: int = 1) -> Runner:
+    """A runner for an artifact file, picking the runtime from its kind when ``auto``."""
+    from bnn_export.artifacts import read_artifact
+
+    p = Path(path)
+    if p.is_dir() or p.suffix == ".safetensors":
+        if runtime not in ("auto", "torch"):
+            raise BnnExportError(f"{str(p)!r} is a checkpoint; it runs with --runtime torch")
+        return TorchRunner(p, num_threads=num_threads)
+    kind, data = read_artifact(p)
+    if kind == "tflite":
+        if runtime not in ("auto", "lce"):
+            raise BnnExportError(f"{str(p)!r} is a .tflite file; it runs with --runtime lce")
+        return LceRunner(data, num_threads=num_threads)
+    if runtime == "auto":
+        runtime = "openvino" if onnx_target(data) == "openvino" else "onnxruntime"
+    if runtime == "openvino":
+        return OpenVinoRunner(data, num_threads=num_threads)
+    if runtime == "onnxruntime":
+        return OnnxRuntimeRunner(data, num_threads=num_threads)
+    raise BnnExportError(
+        f"{str(p)!r} is an .onnx file; it runs with --runtime onnxruntime or openvino"
+    )
+
+
+def describe(runner: Runner) -> dict[str, Any]:
+    return {"name": runner.name, "version": runner.version, "threads": runner.num_threads,
+            **({"info": json.loads(json.dumps(runner.info))} if runner.info else {})}  # fmt: skip

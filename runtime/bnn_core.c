@@ -1,0 +1,564 @@
+/* Driver: validation, weight repacking, pad-0 correction tables, im2col, threading,
+ * run-time variant selection, and the portable (plain C) kernel variant. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bnn_internal.h"
+
+/* ------------------------------------------------------------------ errors */
+static _Thread_local char g_err[512];
+
+static int set_err(int code, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_err, sizeof g_err, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+const char* bnn_last_error(void) { return g_err; }
+
+/* ------------------------------------------------------------------ helpers */
+/* SWAR popcount: the portable build has no popcnt instruction, and libgcc's
+ * __popcountdi2 fallback is a slow out-of-line call. */
+static inline int popcount64(uint64_t v) {
+#if defined(__POPCNT__) || defined(__aarch64__)
+  return __builtin_popcountll(v);
+#else
+  v = v - ((v >> 1) & UINT64_C(0x5555555555555555));
+  v = (v & UINT64_C(0x3333333333333333)) + ((v >> 2) & UINT64_C(0x3333333333333333));
+  v = (v + (v >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
+  return (int)((v * UINT64_C(0x0101010101010101)) >> 56);
+#endif
+}
+
+int64_t bnn_weight_words(int64_t cg) { return (cg + 31) / 32; }
+
+static int validate(const bnn_conv_params* p, int64_t* ho, int64_t* wo) {
+  if (!p) return set_err(BNN_EINVAL, "params is NULL");
+  if (p->n < 1 || p->c < 1 || p->h < 1 || p->w < 1 || p->o < 1)
+    return set_err(BNN_EINVAL, "N, C, H, W, O must be >= 1 (got %lld %lld %lld %lld %lld)",
+                   (long long)p->n, (long long)p->c, (long long)p->h, (long long)p->w,
+                   (long long)p->o);
+  if (p->kh < 1 || p->kw < 1) return set_err(BNN_EINVAL, "kernel_shape must be >= 1");
+  if (p->sh < 1 || p->sw < 1) return set_err(BNN_EINVAL, "strides must be >= 1");
+  if (p->dh < 1 || p->dw < 1) return set_err(BNN_EINVAL, "dilations must be >= 1");
+  if (p->pad_top < 0 || p->pad_left < 0 || p->pad_bottom < 0 || p->pad_right < 0)
+    return set_err(BNN_EINVAL, "pads must be >= 0");
+  if (p->group < 1 || p->c % p->group || p->o % p->group)
+    return set_err(BNN_EINVAL, "group=%lld must divide C=%lld and O=%lld", (long long)p->group,
+                   (long long)p->c, (long long)p->o);
+  if (p->pad_value != 0 && p->pad_value != 1)
+    return set_err(BNN_EINVAL, "pad_value must be 0 or 1 (got %lld)", (long long)p->pad_value);
+  int64_t eh = p->dh * (p->kh - 1) + 1, ew = p->dw * (p->kw - 1) + 1;
+  int64_t hp = p->h + p->pad_top + p->pad_bottom, wp = p->w + p->pad_left + p->pad_right;
+  if (hp < eh || wp < ew)
+    return set_err(BNN_EINVAL, "dilated kernel %lldx%lld larger than padded input %lldx%lld",
+                   (long long)eh, (long long)ew, (long long)hp, (long long)wp);
+  if ((p->c / p->group) * p->kh * p->kw >= (1 << 24))
+    return set_err(BNN_EINVAL, "(C/group)*KH*KW must be < 2^24 for exact float output");
+  *ho = (hp - eh) / p->sh + 1;
+  *wo = (wp - ew) / p->sw + 1;
+  return BNN_OK;
+}
+
+int bnn_conv2d_output_shape(const bnn_conv_params* p, int64_t* ho, int64_t* wo) {
+  g_err[0] = 0;
+  return validate(p, ho, wo);
+}
+
+int bnn_pack_weights(const int8_t* w, int64_t o, int64_t cg, int64_t kh, int64_t kw,
+                     uint32_t* out) {
+  g_err[0] = 0;
+  if (!w || !out || o < 1 || cg < 1 || kh < 1 || kw < 1)
+    return set_err(BNN_EINVAL, "bnn_pack_weights: bad arguments");
+  int64_t cw = bnn_weight_words(cg);
+  memset(out, 0, (size_t)(o * kh * kw * cw) * sizeof(uint32_t));
+  for (int64_t oc = 0; oc < o; oc++)
+    for (int64_t c = 0; c < cg; c++)
+      for (int64_t y = 0; y < kh; y++)
+        for (int64_t x = 0; x < kw; x++)
+          if (w[((oc * cg + c) * kh + y) * kw + x] < 0)
+            out[((oc * kh + y) * kw + x) * cw + c / 32] |= 1u << (c % 32);
+  return BNN_OK;
+}
+
+/* ------------------------------------------------------------------ variants */
+static int supported_always(void) { return 1; }
+
+#if defined(__x86_64__) || defined(_M_X64)
+static const bnn_variant* const k_variants[] = {&bnn_variant_portable, &bnn_variant_avx2,
+                                                &bnn_variant_avx512};
+#elif defined(__aarch64__) || defined(__arm__)
+static const bnn_variant* const k_variants[] = {&bnn_variant_portable, &bnn_variant_neon};
+#else
+static const bnn_variant* const k_variants[] = {&bnn_variant_portable};
+#endif
+#define N_VARIANTS (sizeof k_variants / sizeof k_variants[0])
+
+static const bnn_variant* g_variant;  /* chosen variant (NULL: not yet chosen) */
+static pthread_mutex_t g_variant_mu = PTHREAD_MUTEX_INITIALIZER;
+static char g_avail[128];
+
+static const bnn_variant* best_variant(void) {
+  const bnn_variant* best = &bnn_variant_portable;
+  for (size_t i = 0; i < N_VARIANTS; i++)
+    if (k_variants[i]->supported()) best = k_variants[i];
+  return best;
+}
+
+static void avail_str(char* buf, size_t n) {
+  buf[0] = 0;
+  for (size_t i = 0; i < N_VARIANTS; i++) {
+    if (!k_variants[i]->supported()) continue;
+    if (buf[0]) strncat(buf, ",", n - strlen(buf) - 1);
+    strncat(buf, k_variants[i]->name, n - strlen(buf) - 1);
+  }
+}
+
+/* Must not take g_variant_mu (called with it held). */
+static int choose(const char* name, const bnn_variant** out, const char* origin) {
+  if (!name || !*name || !strcmp(name, "auto")) {
+    *out = best_variant();
+    return BNN_OK;
+  }
+  char avail[128];
+  avail_str(avail, sizeof avail);
+  for (size_t i = 0; i < N_VARIANTS; i++) {
+    if (!strcmp(k_variants[i]->name, name)) {
+      if (!k_variants[i]->supported())
+        return set_err(BNN_ENOKERNEL, "%skernel '%s' is not supported by this CPU (available: %s)",
+                       origin, name, avail);
+      *out = k_variants[i];
+      return BNN_OK;
+    }
+  }
+  return set_err(BNN_ENOKERNEL, "%sunknown kernel '%s' (available: %s)", origin, name, avail);
+}
+
+static int current_variant(const bnn_variant** out) {
+  int rc = BNN_OK;
+  pthread_mutex_lock(&g_variant_mu);
+  if (!g_variant) {
+    const bnn_variant* v = NULL;
+    rc = choose(getenv("BNN_KERNEL"), &v, "BNN_KERNEL: ");
+    if (rc == BNN_OK) g_variant = v;
+  }
+  *out = g_variant;
+  pthread_mutex_unlock(&g_variant_mu);
+  return rc;
+}
+
+const char* bnn_available_kernels(void) {
+  pthread_mutex_lock(&g_variant_mu);
+  if (!g_avail[0]) avail_str(g_avail, sizeof g_avail); /* CPU features never change */
+  pthread_mutex_unlock(&g_variant_mu);
+  return g_avail;
+}
+
+int bnn_set_kernel(const char* name) {
+  g_err[0] = 0;
+  const bnn_variant* v = NULL;
+  int rc = choose(name, &v, "");
+  if (rc != BNN_OK) return rc;
+  pthread_mutex_lock(&g_variant_mu);
+  g_variant = v;
+  pthread_mutex_unlock(&g_variant_mu);
+  return BNN_OK;
+}
+
+const char* bnn_kernel_name(void) {
+  const bnn_variant* v = NULL;
+  if (current_variant(&v) != BNN_OK || !v) return "unavailable";
+  return v->name;
+}
+
+/* ------------------------------------------------------------------ plan */
+static void plan_free(bnn_plan* p) {
+  free(p->wpan);
+  free(p->wnib);
+  free(p->pix_base);
+  free(p->tap_off);
+  free(p->pix_cls);
+  free(p->blk_border);
+  free(p->corr);
+  free(p->corr16);
+  free(p->pix_cls_raw);
+}
+
+static int plan_build(bnn_plan* p, const bnn_variant* v, const bnn_conv_params* cp,
+                      const uint32_t* w, const float* mult, const float* bias) {
+  int64_t ho = 0, wo = 0;
+  memset(p, 0, sizeof *p);
+  int rc = validate(cp, &ho, &wo);
+  if (rc) return rc;
+  p->n = cp->n; p->c = cp->c; p->h = cp->h; p->w = cp->w; p->o = cp->o;
+  p->kh = cp->kh; p->kw = cp->kw; p->sh = cp->sh; p->sw = cp->sw; p->dh = cp->dh; p->dw = cp->dw;
+  p->pt = cp->pad_top; p->pl = cp->pad_left; p->pb = cp->pad_bottom; p->pr = cp->pad_right;
+  p->group = cp->group; p->pad_value = cp->pad_value;
+  p->cg = p->c / p->group; p->og = p->o / p->group;
+  p->ho = ho; p->wo = wo;
+  p->hp = p->h + p->pt + p->pb; p->wp = p->w + p->pl + p->pr;
+  p->cw32 = bnn_weight_words(p->cg);
+  p->cw64 = (p->cg + 63) / 64;
+  p->k64 = p->kh * p->kw * p->cw64;
+  p->ktotal = p->cg * p->kh * p->kw;
+  p->npix = ho * wo;
+  p->lanes = v->lanes; p->nb = v->nb;
+  p->ogp = (p->og + p->nb - 1) / p->nb * p->nb;
+  p->nblk = (p->npix + p->lanes - 1) / p->lanes;
+  p->mult = mult; p->bias = bias;
+  const int64_t ntap = p->kh * p->kw, L = p->lanes;
+
+  p->wpan = calloc((size_t)(p->group * p->ogp * p->k64), sizeof(uint64_t));
+  p->pix_base = malloc((size_t)(p->nblk * L) * sizeof(int64_t));
+  p->tap_off = malloc((size_t)ntap * sizeof(int64_t));
+  if (!p->wpan || !p->pix_base || !p->tap_off) goto nomem;
+
+  /* weight panel: [g][ob][k][nb], channel padding bits masked off */
+  for (int64_t g = 0; g < p->group; g++)
+    for (int64_t ol = 0; ol < p->og; ol++) {
+      const uint32_t* src = w + (g * p->og + ol) * ntap * p->cw32;
+      uint64_t* dst = p->wpan + (g * p->ogp + (ol / p->nb) * p->nb) * p->k64 + ol % p->nb;
+      for (int64_t t = 0; t < ntap; t++)
+        for (int64_t j = 0; j < p->cw64; j++) {
+          uint64_t lo = src[t * p->cw32 + 2 * j];
+          uint64_t hi = (2 * j + 1 < p->cw32) ? src[t * p->cw32 + 2 * j + 1] : 0;
+          uint64_t word = lo | (hi << 32);
+          int64_t valid = p->cg - 64 * j;
+          if (valid < 64) word &= (UINT64_C(1) << valid) - 1;
+          dst[(t * p->cw64 + j) * p->nb] = word;
+        }
+    }
+
+  if (v->wnib) {
+    size_t nw = (size_t)(p->group * p->ogp * p->k64);
+    p->wnib = malloc(nw * 2 * sizeof(uint64_t));
+    if (!p->wnib) goto nomem;
+    const uint64_t m4 = UINT64_C(0x0f0f0f0f0f0f0f0f);
+    for (size_t i = 0; i < nw; i++) {
+      p->wnib[2 * i] = p->wpan[i] & m4;
+      p->wnib[2 * i + 1] = (p->wpan[i] >> 4) & m4;
+    }
+  }
+
+  for (int64_t ky = 0; ky < p->kh; ky++)
+    for (int64_t kx = 0; kx < p->kw; kx++)
+      p->tap_off[ky * p->kw + kx] = (ky * p->dh * p->wp + kx * p->dw) * p->cw64;
+  for (int64_t q = 0; q < p->nblk * L; q++) {
+    int64_t pix = q < p->npix ? q : 0; /* lanes past the end read pixel 0, never stored */
+    int64_t oy = pix / wo, ox = pix % wo;
+    p->pix_base[q] = (oy * p->sh * p->wp + ox * p->sw) * p->cw64;
+  }
+
+  if (p->pad_value == 0 && (p->pt || p->pl || p->pb || p->pr)) {
+    /* valid ky range per output row / kx range per column; class = (range_y, range_x) */
+    int64_t nry = 0, nrx = 0;
+    int64_t* ry = malloc((size_t)ho * 2 * sizeof(int64_t)); /* (lo, hi) per oy */
+    int64_t* rx = malloc((size_t)wo * 2 * sizeof(int64_t));
+    int64_t* cy = malloc((size_t)ho * sizeof(int64_t));     /* row class id */
+    int64_t* cx = malloc((size_t)wo * sizeof(int64_t));
+    int64_t* uy = malloc((size_t)ho * 2 * sizeof(int64_t)); /* unique ranges */
+    int64_t* ux = malloc((size_t)wo * 2 * sizeof(int64_t));
+    int32_t* ws = malloc((size_t)(p->o * ntap) * sizeof(int32_t));
+    if (!ry || !rx || !cy || !cx || !uy || !ux || !ws) {
+      free(ry); free(rx); free(cy); free(cx); free(uy); free(ux); free(ws);
+      goto nomem;
+    }
+    for (int64_t dim = 0; dim < 2; dim++) {
+      int64_t nout = dim ? wo : ho, k = dim ? p->kw : p->kh, s = dim ? p->sw : p->sh;
+      int64_t d = dim ? p->dw : p->dh, pad = dim ? p->pl : p->pt, size = dim ? p->w : p->h;
+      int64_t *r = dim ? rx : ry, *cls = dim ? cx : cy, *u = dim ? ux : uy;
+      int64_t* nu = dim ? &nrx : &nry;
+      for (int64_t i = 0; i < nout; i++) {
+        int64_t lo = k, hi = -1;
+        for (int64_t kk = 0; kk < k; kk++) {
+          int64_t iy = i * s - pad + kk * d;
+          if (iy >= 0 && iy < size) {
+            if (lo == k) lo = kk;
+            hi = kk;
+          }
+        }
+        r[2 * i] = lo; r[2 * i + 1] = hi;
+        int64_t id = -1;
+        for (int64_t q = 0; q < *nu; q++)
+          if (u[2 * q] == lo && u[2 * q + 1] == hi) id = q;
+        if (id < 0) {
+          id = (*nu)++;
+          u[2 * id] = lo; u[2 * id + 1] = hi;
+        }
+        cls[i] = id;
+      }
+    }
+    /* per-tap weight sums: contribution of a +1 activation */
+    for (int64_t oc = 0; oc < p->o; oc++)
+      for (int64_t t = 0; t < ntap; t++) {
+        int32_t pc = 0;
+        for (int64_t j = 0; j < p->cw32; j++)
+          pc += popcount64(w[(oc * ntap + t) * p->cw32 + j] &
+                           (p->cg - 32 * j >= 32 ? 0xffffffffu
+                                                 : (uint32_t)((1u << (p->cg - 32 * j)) - 1)));
+        ws[oc * ntap + t] = (int32_t)p->cg - 2 * pc;
+      }
+    p->ncls = nry * nrx;
+    p->corr = calloc((size_t)(p->group * p->ncls * p->ogp), sizeof(int32_t));
+    p->pix_cls = malloc((size_t)(p->nblk * L) * sizeof(int32_t));
+    p->blk_border = calloc((size_t)p->nblk, 1);
+    if (!p->corr || !p->pix_cls || !p->blk_border) {
+      free(ry); free(rx); free(cy); free(cx); free(uy); free(ux); free(ws);
+      goto nomem;
+    }
+    /* corr = (sum of all taps) - (sum of the taps inside the valid ky x kx range) */
+    for (int64_t g = 0; g < p->group; g++)
+      for (int64_t ol = 0; ol < p->og; ol++) {
+        const int32_t* wt = ws + (g * p->og + ol) * ntap;
+        int32_t total = 0;
+        for (int64_t t = 0; t < ntap; t++) total += wt[t];
+        for (int64_t a = 0; a < nry; a++)
+          for (int64_t b = 0; b < nrx; b++) {
+            int32_t inside = 0;
+            for (int64_t ky = uy[2 * a]; ky <= uy[2 * a + 1]; ky++)
+              for (int64_t kx = ux[2 * b]; kx <= ux[2 * b + 1]; kx++) inside += wt[ky * p->kw + kx];
+            p->corr[((g * p->ncls) + a * nrx + b) * p->ogp + ol] = total - inside;
+          }
+      }
+    for (int64_t q = 0; q < p->nblk * L; q++) {
+      int64_t pix = q < p->npix ? q : 0;
+      int64_t oy = pix / wo, ox = pix % wo;
+      int64_t k = cy[oy] * nrx + cx[ox];
+      int full = ry[2 * oy] == 0 && ry[2 * oy + 1] == p->kh - 1 && rx[2 * ox] == 0 &&
+                 rx[2 * ox + 1] == p->kw - 1;
+      p->pix_cls[q] = (int32_t)(k * p->ogp);
+      if (!full && q < p->npix) p->blk_border[q / L] = 1;
+    }
+    if (p->ncls <= 16) {
+      p->corr16 = calloc((size_t)(p->group * p->ogp * 16), sizeof(int32_t));
+      p->pix_cls_raw = malloc((size_t)(p->nblk * L) * sizeof(int32_t));
+      if (!p->corr16 || !p->pix_cls_raw) {
+        free(ry); free(rx); free(cy); free(cx); free(uy); free(ux); free(ws);
+        goto nomem;
+      }
+      for (int64_t g = 0; g < p->group; g++)
+        for (int64_t k = 0; k < p->ncls; k++)
+          for (int64_t ol = 0; ol < p->ogp; ol++)
+            p->corr16[(g * p->ogp + ol) * 16 + k] = p->corr[(g * p->ncls + k) * p->ogp + ol];
+      for (int64_t q = 0; q < p->nblk * L; q++)
+        p->pix_cls_raw[q] = (int32_t)(p->pix_cls[q] / p->ogp);
+    }
+    free(ry); free(rx); free(cy); free(cx); free(uy); free(ux); free(ws);
+  }
+  return BNN_OK;
+nomem:
+  plan_free(p);
+  return set_err(BNN_ENOMEM, "out of memory building the conv plan");
+}
+
+/* transposed im2col of blocks [blk0, blk0 + nblk) into a: [blk][k64][L] */
+static void im2col(const bnn_plan* p, const uint64_t* pin, int64_t blk0, int64_t nblk,
+                   uint64_t* a) {
+  const int64_t L = p->lanes, ntap = p->kh * p->kw, cw = p->cw64;
+  for (int64_t b = 0; b < nblk; b++) {
+    const int64_t* base = p->pix_base + (blk0 + b) * L;
+    uint64_t* dst = a + b * p->k64 * L;
+    for (int64_t t = 0; t < ntap; t++) {
+      const uint64_t* src = pin + p->tap_off[t];
+      for (int64_t j = 0; j < cw; j++, dst += L)
+        for (int64_t l = 0; l < L; l++) dst[l] = src[base[l] + j];
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ execution */
+typedef struct {
+  const bnn_plan* p;
+  const bnn_variant* v;
+  const float* x;
+  float* y;
+  uint64_t* pin;       /* [n][group][hp][wp][cw64] */
+  int64_t pin_stride;  /* words per (n, g) */
+  int64_t row_chunks, row_step;
+  int64_t blk_chunks, blk_step;
+  int failed;
+} run_ctx;
+
+static void task_pack(void* arg, size_t idx) {
+  run_ctx* r = arg;
+  const bnn_plan* p = r->p;
+  int64_t img = (int64_t)idx / r->row_chunks, rc = (int64_t)idx % r->row_chunks;
+  int64_t n = img / p->group, g = img % p->group;
+  int64_t y0 = rc * r->row_step, y1 = y0 + r->row_step < p->h ? y0 + r->row_step : p->h;
+  if (y0 >= y1) return;
+  const float* x = r->x + (n * p->c + g * p->cg) * p->h * p->w;
+  r->v->pack_rows(p, x, r->pin + img * r->pin_stride, y0, y1);
+}
+
+static void task_gemm(void* arg, size_t idx) {
+  run_ctx* r = arg;
+  const bnn_plan* p = r->p;
+  int64_t img = (int64_t)idx / r->blk_chunks, bc = (int64_t)idx % r->blk_chunks;
+  int64_t n = img / p->group, g = img % p->group;
+  int64_t b0 = bc * r->blk_step;
+  int64_t nb = b0 + r->blk_step < p->nblk ? r->blk_step : p->nblk - b0;
+  if (nb <= 0) return;
+  uint64_t* a = aligned_alloc(64, (size_t)((nb * p->k64 * p->lanes * 8 + 63) / 64 * 64));
+  if (!a) {
+    __atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  im2col(p, r->pin + img * r->pin_stride, b0, nb, a);
+  r->v->gemm(p, a, b0, nb, g, r->y + n * p->o * p->npix);
+  free(a);
+}
+
+/* default parallel-for: run inline or on a pthread team */
+typedef struct {
+  bnn_task_fn fn;
+  void* arg;
+  size_t total;
+  size_t next;
+} team_ctx;
+
+static void* team_worker(void* arg) {
+  team_ctx* t = arg;
+  for (;;) {
+    size_t i = __atomic_fetch_add(&t->next, 1, __ATOMIC_RELAXED);
+    if (i >= t->total) break;
+    t->fn(t->arg, i);
+  }
+  return NULL;
+}
+
+static void pthread_parallel_for(void* ctx, bnn_task_fn fn, void* arg, size_t total) {
+  int nthreads = *(int*)ctx;
+  if (nthreads <= 1 || total <= 1) {
+    for (size_t i = 0; i < total; i++) fn(arg, i);
+    return;
+  }
+  if ((size_t)nthreads > total) nthreads = (int)total;
+  team_ctx t = {fn, arg, total, 0};
+  pthread_t th[64];
+  int started = 0;
+  for (int i = 0; i < nthreads - 1 && i < 64; i++)
+    if (pthread_create(&th[started], NULL, team_worker, &t) == 0) started++;
+  team_worker(&t);
+  for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+}
+
+static int run(const bnn_variant* v, const bnn_conv_params* cp, const float* x,
+               const uint32_t* w, const float* mult, const float* bias, float* y,
+               bnn_parallel_for_fn pf, void* pf_ctx, int max_tasks) {
+  g_err[0] = 0;
+  if (!x || !w || !mult || !bias || !y) return set_err(BNN_EINVAL, "NULL tensor pointer");
+  bnn_plan p;
+  int rc = plan_build(&p, v, cp, w, mult, bias);
+  if (rc) return rc;
+  run_ctx r = {.p = &p, .v = v, .x = x, .y = y};
+  r.pin_stride = p.hp * p.wp * p.cw64;
+  r.pin = calloc((size_t)(p.n * p.group * r.pin_stride), sizeof(uint64_t));
+  if (!r.pin) {
+    plan_free(&p);
+    return set_err(BNN_ENOMEM, "out of memory for the packed input");
+  }
+  if (max_tasks < 1) max_tasks = 1;
+  int64_t images = p.n * p.group;
+  /* phase 1: pack; split rows only when there are fewer images than tasks */
+  r.row_chunks = images >= max_tasks ? 1 : (max_tasks + images - 1) / images;
+  if (r.row_chunks > p.h) r.row_chunks = p.h;
+  r.row_step = (p.h + r.row_chunks - 1) / r.row_chunks;
+  pf(pf_ctx, task_pack, &r, (size_t)(images * r.row_chunks));
+  /* phase 2: im2col + gemm in chunks of ~64 pixels (L1-resident) */
+  int64_t step = (64 + p.lanes * v->mv - 1) / (p.lanes * v->mv) * v->mv;
+  r.blk_step = step;
+  r.blk_chunks = (p.nblk + step - 1) / step;
+  pf(pf_ctx, task_gemm, &r, (size_t)(images * r.blk_chunks));
+  free(r.pin);
+  plan_free(&p);
+  if (r.failed) return set_err(BNN_ENOMEM, "out of memory for im2col scratch");
+  return BNN_OK;
+}
+
+int bnn_conv2d_with_variant(const bnn_variant* v, const bnn_conv_params* p, const float* x,
+                            const uint32_t* w, const float* multiplier, const float* bias,
+                            float* y) {
+  int one = 1;
+  return run(v, p, x, w, multiplier, bias, y, pthread_parallel_for, &one, 1);
+}
+
+int bnn_conv2d(const bnn_conv_params* p, const float* x, const uint32_t* w,
+               const float* multiplier, const float* bias, float* y, int num_threads) {
+  const bnn_variant* v = NULL;
+  int rc = current_variant(&v);
+  if (rc) return rc;
+  if (num_threads < 1) num_threads = 1;
+  if (num_threads > 64) num_threads = 64;
+  return run(v, p, x, w, multiplier, bias, y, pthread_parallel_for, &num_threads,
+             num_threads == 1 ? 1 : 4 * num_threads);
+}
+
+int bnn_conv2d_ex(const bnn_conv_params* p, const float* x, const uint32_t* w,
+                  const float* multiplier, const float* bias, float* y,
+                  bnn_parallel_for_fn parallel_for, void* ctx, int max_tasks) {
+  const bnn_variant* v = NULL;
+  int rc = current_variant(&v);
+  if (rc) return rc;
+  if (!parallel_for) {
+    int one = 1;
+    return run(v, p, x, w, multiplier, bias, y, pthread_parallel_for, &one, 1);
+  }
+  return run(v, p, x, w, multiplier, bias, y, parallel_for, ctx, max_tasks);
+}
+
+/* ------------------------------------------------------------------ portable variant */
+#define PORT_L 8
+#define PORT_NB 4
+
+static void portable_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, int64_t y0,
+                               int64_t y1) {
+  const int64_t hw = p->h * p->w, cw = p->cw64;
+  for (int64_t yy = y0; yy < y1; yy++) {
+    uint64_t* row = pin + ((yy + p->pt) * p->wp + p->pl) * cw;
+    for (int64_t xx = 0; xx < p->w; xx++)
+      for (int64_t j = 0; j < cw; j++) row[xx * cw + j] = 0;
+    for (int64_t c = 0; c < p->cg; c++) {
+      const float* src = x + c * hw + yy * p->w;
+      uint64_t bit = UINT64_C(1) << (c % 64);
+      for (int64_t xx = 0; xx < p->w; xx++)
+        if (!(src[xx] >= 0.0f)) row[xx * cw + c / 64] |= bit;
+    }
+  }
+}
+
+static void portable_gemm(const bnn_plan* p, const uint64_t* a, int64_t blk0, int64_t nblk,
+                          int64_t g, float* y) {
+  const int64_t K = p->k64;
+  for (int64_t ob = 0; ob < p->ogp / PORT_NB; ob++) {
+    const uint64_t* wp = p->wpan + (g * p->ogp + ob * PORT_NB) * K;
+    for (int64_t b = 0; b < nblk; b++) {
+      const uint64_t* ab = a + b * K * PORT_L;
+      int32_t acc[PORT_NB][PORT_L] = {{0}};
+      for (int64_t k = 0; k < K; k++)
+        for (int o = 0; o < PORT_NB; o++) {
+          uint64_t wv = wp[k * PORT_NB + o];
+          for (int l = 0; l < PORT_L; l++) acc[o][l] += popcount64(ab[k * PORT_L + l] ^ wv);
+        }
+      for (int o = 0; o < PORT_NB; o++) {
+        int64_t ol = ob * PORT_NB + o;
+        if (ol >= p->og) break;
+        int64_t oc = g * p->og + ol;
+        for (int l = 0; l < PORT_L; l++) {
+          int64_t pix = (blk0 + b) * PORT_L + l;
+          if (pix >= p->npix) break;
+          int32_t v = (int32_t)p->ktotal - 2 * acc[o][l] - bnn_corr(p, g, pix, ol);
+          y[oc * p->npix + pix] = bnn_affine(p, oc, v);
+        }
+      }
+    }
+  }
+}
+
+const bnn_variant bnn_variant_portable = {"portable", PORT_L, PORT_NB, 1, 0, supported_always,
+                                          portable_pack_rows, portable_gemm};

@@ -1,0 +1,84 @@
+/* Internal structures shared by the driver (bnn_core.c) and the kernel variants. */
+#ifndef BNN_INTERNAL_H
+#define BNN_INTERNAL_H
+
+#include <stdint.h>
+
+#include "bnn.h"
+
+/*
+ * Data layouts used by every variant (only the lane count L and the output-channel
+ * block NB differ):
+ *   pin   packed, padded input of one (n, g): [HP][WP][CW64] uint64, bit 1 = -1,
+ *         padding positions hold 0 bits (= +1).
+ *   A     "transposed im2col" of a chunk of pixel blocks: [blk][K64][L] uint64 where
+ *         pixel p = blk * L + lane and k = (ky * KW + kx) * CW64 + j.
+ *   wpan  weight panel of one group: [OGP / NB][K64][NB] uint64 (OGP = OG padded to
+ *         a multiple of NB with zero rows).
+ * acc = ktotal - 2 * popcount(a xor w) - corr, where corr is only non-zero for
+ * pad_value 0 at border pixels (removes the +1 contribution of padded taps).
+ */
+typedef struct bnn_plan {
+  int64_t n, c, h, w, o, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, group, pad_value;
+  int64_t cg, og, ho, wo, hp, wp;
+  int64_t cw32, cw64, k64, ktotal, npix;
+  int64_t lanes, nb, ogp, nblk;
+  uint64_t* wpan;         /* [group][OGP/NB][K64][NB] */
+  uint64_t* wnib;         /* optional: [group][OGP/NB][K64][NB][2] = (w & 0x0f.., (w >> 4) & 0x0f..) */
+  int64_t* pix_base;      /* [nblk * L]: word offset of the pixel's top-left tap in pin */
+  int64_t* tap_off;       /* [KH*KW]: word offset of each tap relative to pix_base */
+  /* pad_value 0 correction */
+  int32_t* pix_cls;       /* [nblk * L]: class index * OGP (0 = no padded tap) */
+  uint8_t* blk_border;    /* [nblk]: block has a pixel with padded taps */
+  int32_t* corr;          /* [group][ncls][OGP] */
+  int64_t ncls;
+  /* when ncls <= 16: corr16 [group][OGP][16] and raw class ids per pixel, so a vector
+   * kernel can fetch 8 pixels' corrections with one in-register permute */
+  int32_t* corr16;
+  int32_t* pix_cls_raw;   /* [nblk * L] */
+  const float* mult;
+  const float* bias;
+} bnn_plan;
+
+typedef struct bnn_variant {
+  const char* name;
+  int lanes;  /* L */
+  int nb;     /* output-channel block */
+  int mv;     /* pixel blocks per register tile (chunks are a multiple of it) */
+  int wnib;   /* wants p->wnib (nibble-split weight panel) */
+  int (*supported)(void);
+  /* Pack channels [0, cg) of rows [y0, y1) of one (n, g) image x (channel stride h*w)
+   * into the interior of pin. */
+  void (*pack_rows)(const bnn_plan* p, const float* x, uint64_t* pin, int64_t y0, int64_t y1);
+  /* Compute output for pixel blocks [blk0, blk0 + nblk) of group g; a holds their
+   * transposed im2col. y points at y[n] (NCHW). corr_g is corr + g*ncls*OGP or NULL. */
+  void (*gemm)(const bnn_plan* p, const uint64_t* a, int64_t blk0, int64_t nblk, int64_t g,
+               float* y);
+} bnn_variant;
+
+/* Scalar epilogue helper shared by variants: writes one output value. */
+static inline float bnn_affine(const bnn_plan* p, int64_t oc, int32_t acc) {
+  float t = p->mult[oc] * (float)acc;
+  return p->bias[oc] + t;
+}
+
+static inline int32_t bnn_corr(const bnn_plan* p, int64_t g, int64_t pix, int64_t o_local) {
+  if (!p->corr) return 0;
+  return p->corr[(g * p->ncls) * p->ogp + p->pix_cls[pix] + o_local];
+}
+
+extern const bnn_variant bnn_variant_portable;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const bnn_variant bnn_variant_avx2;
+extern const bnn_variant bnn_variant_avx512;
+#endif
+#if defined(__aarch64__) || defined(__arm__)
+extern const bnn_variant bnn_variant_neon;
+#endif
+
+/* Test hook: run with an explicit variant (test_runner). */
+int bnn_conv2d_with_variant(const bnn_variant* v, const bnn_conv_params* p, const float* x,
+                            const uint32_t* w, const float* multiplier, const float* bias,
+                            float* y);
+
+#endif
