@@ -45,7 +45,7 @@ def train_run(
         from bnn_export.train_larq import accuracy as larq_accuracy
         from bnn_export.train_larq import train as larq_train
 
-        keras_model = build_larq_model(arch, binarizer)
+        keras_model = build_larq_model(arch, binarizer, seed=settings.seed)
         history = larq_train(keras_model, data, settings)
         test_accuracy = larq_accuracy(keras_model, data.x_test, data.y_test)
         tensors = larq_state(keras_model)

@@ -102,6 +102,13 @@ def test_bits_outputs_and_gradients_match_pytorch(name: str, kind: str, case: tu
     assert set(np.unique(k_exp.bits)) <= {-1, 1}
     np.testing.assert_allclose(k_exp.scale, t_exp.scale, rtol=1e-5)
     assert k_exp.notes.keys() == t_exp.notes.keys()
+    kernel_np = layer.kernel.latent_variable.numpy()
+    if kind == "dense":
+        kernel_np = kernel_np.reshape(kernel_np.shape[-2:])
+    t_score = tl.weight_quantizer.score(tl.weight).numpy()
+    np.testing.assert_allclose(
+        layer.kernel_quantizer.score(kernel_np), t_score, atol=1e-5 * (np.abs(t_score).max() + 1)
+    )
 
     # matching outputs and gradients (training mode: gwt's differentiable transform)
     x_t = torch.from_numpy(x_np).requires_grad_(True)

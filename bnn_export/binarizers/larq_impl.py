@@ -103,6 +103,14 @@ class WeightQuantizer(_ConfiguredQuantizer):
     def export(self, kernel: Any) -> WeightExport:
         raise NotImplementedError
 
+    def score(self, kernel: Any) -> np.ndarray:
+        """The value whose order decides the bits (+1 for the larger values), in PyTorch
+        layout: what optimal-transport bit-ratio fixing sorts. Default: the kernel."""
+        return to_torch_layout(np.asarray(self._score(tf.constant(_np(kernel)))))
+
+    def _score(self, kernel: tf.Tensor) -> tf.Tensor:
+        return kernel
+
     def _bits_export(self, bits: Any, scale: Any | None = None) -> WeightExport:
         b = to_torch_layout(_np(bits)).astype(np.int8)
         out = b.shape[0]
@@ -235,6 +243,9 @@ class IrNetWeight(_EdeMixin, WeightQuantizer):
         w_hat = lm.standardize_per_channel(tf.constant(_np(kernel)))
         return self._bits_export(lm.sign(w_hat), self.scale(w_hat))
 
+    def _score(self, kernel: tf.Tensor) -> tf.Tensor:
+        return lm.standardize_per_channel(kernel)
+
 
 @register
 class EdeSignActivation(_EdeMixin, ActivationQuantizer):
@@ -308,6 +319,9 @@ class SimanWeight(WeightQuantizer):
             )
         bits = 2.0 * self.code_bits(tf.constant(_np(kernel))) - 1.0
         return self._bits_export(bits, self.alpha)
+
+    def _score(self, kernel: tf.Tensor) -> tf.Tensor:
+        return tf.abs(lm.standardize_per_channel(kernel))
 
 
 @register
@@ -383,6 +397,9 @@ class SdBnnWeight(_EdeMixin, WeightQuantizer):
 
     def export(self, kernel: Any) -> WeightExport:
         return self._bits_export(lm.sign(self.shifted(tf.constant(_np(kernel)))))
+
+    def _score(self, kernel: tf.Tensor) -> tf.Tensor:
+        return self.shifted(kernel)
 
 
 @register
@@ -481,6 +498,9 @@ class GwtWeight(WeightQuantizer):
         unsaturated = float(tf.reduce_mean(tf.cast(tf.abs(soft) < 0.99, tf.float32)))
         exp = self._bits_export(lm.sign(w_hat))
         return WeightExport(exp.bits, exp.scale, {"unsaturated_fraction": unsaturated})
+
+    def _score(self, kernel: tf.Tensor) -> tf.Tensor:
+        return lm.standardize_per_channel(kernel)
 
 
 WEIGHT_QUANTIZERS: dict[str, Callable[..., WeightQuantizer]] = {

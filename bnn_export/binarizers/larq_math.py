@@ -13,6 +13,8 @@ import math
 import tensorflow as tf
 from larq import math as lq_math
 
+from bnn_export.binarizers import count_of_top
+
 
 def sign(x: tf.Tensor) -> tf.Tensor:
     """+1 where x >= 0, else -1."""
@@ -81,11 +83,6 @@ def rank_along_rows(rows: tf.Tensor) -> tf.Tensor:
     """Rank of each entry within its row (0 = smallest); ties broken by position."""
     order = tf.argsort(rows, axis=1, stable=True)
     return tf.argsort(order, axis=1, stable=True)
-
-
-def count_of_top(p: float, n: int) -> int:
-    """round(p * n) with halves rounded up (as the PyTorch backend)."""
-    return int(math.floor(p * n + 0.5))
 
 
 def ot_bits(rows: tf.Tensor, p: float, prune_rate: float = 0.0) -> tf.Tensor:

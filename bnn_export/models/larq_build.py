@@ -25,8 +25,13 @@ from bnn_export.models.larq_layers import QuantDense1x1, is_binary_layer
 QUANTIZER_ATTRS = {"kernel_quantizer": "weight_quantizer", "input_quantizer": "input_quantizer"}
 
 
-def build_larq_model(arch: dict[str, Any], binarizer: BinarizerConfig) -> keras.Model:
-    """The Keras model of ``arch`` (NHWC input (H, W, C)), built and ready to train."""
+def build_larq_model(
+    arch: dict[str, Any], binarizer: BinarizerConfig, *, seed: int | None = None
+) -> keras.Model:
+    """The Keras model of ``arch`` (NHWC input (H, W, C)), built and ready to train;
+    initialized from ``seed`` when given."""
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     name = arch["name"]
     kw = arch["kwargs"]
     c, h, w = kw["input_shape"]
