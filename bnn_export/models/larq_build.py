@@ -8,6 +8,9 @@ and ``<layer name>/<kernel|input>_quantizer/<param>`` for binarizer variables, w
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,24 @@ def build_larq_model(
     initialized from ``seed`` when given."""
     if seed is not None:
         keras.utils.set_random_seed(seed)
+    with _quiet_larq():
+        return _build(arch, binarizer)
+
+
+@contextmanager
+def _quiet_larq() -> Iterator[None]:
+    """Binary layers here have no kernel constraint on purpose (PyTorch has none, and
+    the trainers must match); larq would warn about that once per layer."""
+    log = logging.getLogger("larq.layers_base")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _build(arch: dict[str, Any], binarizer: BinarizerConfig) -> keras.Model:
     name = arch["name"]
     kw = arch["kwargs"]
     c, h, w = kw["input_shape"]
