@@ -41,6 +41,15 @@ def test_digits_converts_to_lce_bconv(binarizer: str, tmp_path: Path) -> None:
     assert result["binary_layers"] == 3  # conv1, conv2, fc1
     assert ops.count("LceBconv2d") == 3, ops
     assert "LceQuantize" in ops
+    # the LCE interpreter computes what the Keras model computes
+    assert result["max_abs_diff"] <= 1e-4 * (result["max_abs_logit"] + 1), result
+
+
+def test_resnet20_strided_binary_convs_convert_too(tmp_path: Path) -> None:
+    """PyTorch-style padding of stride-2 binary convs (pad value +1) stays convertible."""
+    result = convert_ops("resnet20", "ste", "1", tmp_path)
+    assert result["binary_layers"] == 18
+    assert result["ops"].count("LceBconv2d") == 18, result["ops"]
 
 
 def test_float_baseline_has_no_binary_ops(tmp_path: Path) -> None:

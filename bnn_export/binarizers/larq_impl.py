@@ -120,6 +120,9 @@ class WeightQuantizer(_ConfiguredQuantizer):
 
 class ActivationQuantizer(_ConfiguredQuantizer):
     precision = 1
+    #: Elementwise and maps +1 to +1, so padding its input with +1 equals padding its
+    #: output with +1 (a strided conv may then pad before quantizing; see larq_layers).
+    keeps_plus_one: bool = False
 
     def export(self) -> ActivationExport:
         return ActivationExport("sign")
@@ -171,6 +174,8 @@ class SteSignWeight(WeightQuantizer):
 @register
 class SteSignActivation(ActivationQuantizer):
     """a_b = sign(a); gradient passed where |a| <= 1."""
+
+    keeps_plus_one = True
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         return lm.ste_sign(x)
@@ -250,6 +255,8 @@ class IrNetWeight(_EdeMixin, WeightQuantizer):
 @register
 class EdeSignActivation(_EdeMixin, ActivationQuantizer):
     """sign(a) with IR-Net's EDE gradient."""
+
+    keeps_plus_one = True
 
     def build(self, input_shape: Any) -> None:
         self._build_ede()

@@ -27,12 +27,30 @@ class TorchPadQuantConv2D(lq.layers.QuantConv2D):
     Only the padding a window actually reads is added: top/left p, bottom/right what the
     last window needs (for a stride-2 3x3 conv on an even input that is (1, 0), where
     Keras "same" would pad (0, 1)). Needs static spatial input sizes.
+
+    ``pad_before_quantizer``: pad the float input with ``pad_values`` before the input
+    quantizer, then a VALID conv. Exact only when the quantizer is elementwise and maps
+    the pad value to itself (sign(+1) = +1); LCE then converts the conv to
+    ``LceBconv2d`` (a float Pad before ``LceQuantize``), whereas it cannot convert a pad
+    of the binarized input that differs from "same".
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["padding"] = "same"
+    def __init__(self, *args: Any, pad_before_quantizer: bool = False, **kwargs: Any) -> None:
+        self.pad_before_quantizer = pad_before_quantizer
+        kwargs["padding"] = "valid" if pad_before_quantizer else "same"
         super().__init__(*args, **kwargs)
-        self._is_native_padding = False
+        self._is_native_padding = pad_before_quantizer
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        if self.pad_before_quantizer:
+            pads = [[0, 0], *self._pads(inputs.shape.as_list()[1:3]), [0, 0]]
+            inputs = tf.pad(inputs, pads, constant_values=self.pad_values)
+        return super().call(inputs)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.pop("padding", None)
+        return {**config, "pad_before_quantizer": self.pad_before_quantizer}
 
     def _pads(self, spatial: list[int | None]) -> list[list[int]]:
         pads = []
