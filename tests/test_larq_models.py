@@ -121,3 +121,16 @@ def test_transfer_rejects_a_state_of_another_architecture() -> None:
     incomplete = {k: v for k, v in digits_state.items() if not k.startswith("fc2.")}
     with pytest.raises(BnnExportError, match=r"no PyTorch weights for Larq layers \['fc2'\]"):
         load_torch_state_into_larq(larq_model, incomplete)
+
+
+@pytest.mark.parametrize("arch_name, binarizer", [("digits", "sdbnn"), ("resnet20", "ste")])
+def test_models_serialize_by_config(arch_name: str, binarizer: str) -> None:
+    """Every custom layer/quantizer is registered: from_config rebuilds the same model."""
+    from bnn_export.models.larq_build import load_larq_state
+
+    model = build_larq_model(arch_spec(arch_name), get(binarizer), seed=0)
+    revived = keras.Model.from_config(model.get_config())
+    load_larq_state(revived, larq_state(model), "revived")
+    c, h, w = arch_spec(arch_name)["kwargs"]["input_shape"]
+    x = np.random.default_rng(0).standard_normal((2, c, h, w)).astype(np.float32)
+    np.testing.assert_array_equal(predict(revived, x), predict(model, x))
