@@ -39,8 +39,19 @@ def train_run(
         test_accuracy = accuracy(model, data.x_test, data.y_test)
         tensors = torch_state(model)
         ratios = layer_bit_ratios(model) if binarizer.binary else {}
+    elif framework == "larq":
+        from bnn_export.models.larq_build import build_larq_model, larq_state
+        from bnn_export.models.larq_build import layer_bit_ratios as larq_bit_ratios
+        from bnn_export.train_larq import accuracy as larq_accuracy
+        from bnn_export.train_larq import train as larq_train
+
+        keras_model = build_larq_model(arch, binarizer, seed=settings.seed)
+        history = larq_train(keras_model, data, settings)
+        test_accuracy = larq_accuracy(keras_model, data.x_test, data.y_test)
+        tensors = larq_state(keras_model)
+        ratios = larq_bit_ratios(keras_model) if binarizer.binary else {}
     else:
-        raise BnnExportError(f"framework {framework!r} is not available; valid: torch")
+        raise BnnExportError(f"unknown framework {framework!r}; valid: larq, torch")
     seconds = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "test_accuracy": test_accuracy,

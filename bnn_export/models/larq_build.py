@@ -1,0 +1,203 @@
+"""Build a Larq (tf-keras) model from an arch spec and a binarizer config; its state
+as named numpy arrays; rebuild from a checkpoint; load PyTorch weights into it.
+
+State keys are ``<layer name>/<variable>`` (``conv1/kernel``, ``bn1/moving_mean``)
+and ``<layer name>/<kernel|input>_quantizer/<param>`` for binarizer variables, whose
+``<param>`` is the PyTorch parameter name. Kernels stay in Keras layout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from bnn_export.binarizers import BinarizerConfig
+from bnn_export.binarizers import larq_impl as bz
+from bnn_export.checkpoint import Checkpoint
+from bnn_export.errors import BnnExportError
+from bnn_export.models import ARCHS
+from bnn_export.models import larq_zoo as zoo
+from bnn_export.models.larq_layers import QuantDense1x1, is_binary_layer
+
+QUANTIZER_ATTRS = {"kernel_quantizer": "weight_quantizer", "input_quantizer": "input_quantizer"}
+
+
+def build_larq_model(
+    arch: dict[str, Any], binarizer: BinarizerConfig, *, seed: int | None = None
+) -> keras.Model:
+    """The Keras model of ``arch`` (NHWC input (H, W, C)), built and ready to train;
+    initialized from ``seed`` when given."""
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    with _quiet_larq():
+        return _build(arch, binarizer)
+
+
+@contextmanager
+def _quiet_larq() -> Iterator[None]:
+    """Binary layers here have no kernel constraint on purpose (PyTorch has none, and
+    the trainers must match); larq would warn about that once per layer."""
+    log = logging.getLogger("larq.layers_base")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _build(arch: dict[str, Any], binarizer: BinarizerConfig) -> keras.Model:
+    name = arch["name"]
+    kw = arch["kwargs"]
+    c, h, w = kw["input_shape"]
+    common: dict[str, Any] = dict(
+        binarizer=binarizer, num_classes=kw["num_classes"], pad_value=kw["pad_value"]
+    )
+    inputs = keras.Input((h, w, c), name="input")
+    if name == "digits":
+        if (h, w) != (8, 8):
+            raise BnnExportError(f"model 'digits' takes 8x8 inputs, got {h}x{w}")
+        outputs = zoo.digits_net(inputs, **common)
+    elif name == "resnet20":
+        outputs = zoo.cifar_resnet(inputs, **common, widths=(16, 32, 64), blocks=(3, 3, 3))
+    elif name == "resnet18":
+        outputs = zoo.cifar_resnet(
+            inputs, **common, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)
+        )
+    elif name == "vgg-small":
+        if h != w or h % 8:
+            raise BnnExportError(
+                f"model 'vgg-small' needs square inputs divisible by 8, got {h}x{w}"
+            )
+        outputs = zoo.vgg_small(inputs, **common)
+    else:
+        raise BnnExportError(f"no Larq builder for model {name!r}; valid: {', '.join(ARCHS)}")
+    model = keras.Model(inputs, outputs, name=name.replace("-", "_"))
+    for layer in binary_layers(model):
+        init = getattr(layer.kernel_quantizer, "init_from_kernel", None)
+        if init is not None:  # e.g. SiMaN's alpha = mean_o |w|
+            init(np.asarray(tf.convert_to_tensor(layer.kernel.latent_variable)))
+    return model
+
+
+# --- binary layers and quantizers -----------------------------------------------------
+
+
+def binary_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Layers whose kernel goes through a weight quantizer, in model order."""
+    return [layer for layer in model.layers if is_binary_layer(layer)]
+
+
+def quantizers(model: keras.Model) -> list[bz.WeightQuantizer | bz.ActivationQuantizer]:
+    found: list[bz.WeightQuantizer | bz.ActivationQuantizer] = []
+    for layer in model.layers:
+        for attr in QUANTIZER_ATTRS:
+            q = getattr(layer, attr, None)
+            if isinstance(q, bz.WeightQuantizer | bz.ActivationQuantizer):
+                found.append(q)
+    return found
+
+
+def set_schedule(model: keras.Model, epoch: int, epochs: int) -> None:
+    for q in quantizers(model):
+        q.set_schedule(epoch, epochs)
+
+
+def latent_kernel(layer: keras.layers.Layer) -> np.ndarray:
+    """The latent (real-valued) kernel in Keras layout; dense-as-1x1 as (I, O)."""
+    kernel = np.asarray(tf.convert_to_tensor(layer.kernel.latent_variable))
+    if isinstance(layer, QuantDense1x1):
+        kernel = kernel.reshape(kernel.shape[-2:])
+    return kernel
+
+
+def export_layer(layer: keras.layers.Layer) -> Any:
+    """The ``WeightExport`` of one binary layer (bits in PyTorch layout)."""
+    return layer.kernel_quantizer.export(latent_kernel(layer))
+
+
+def layer_bit_ratios(model: keras.Model) -> dict[str, dict[str, float]]:
+    """Fraction of +1 weights per binary layer (mean/min/max over output channels)."""
+    out: dict[str, dict[str, float]] = {}
+    for layer in binary_layers(model):
+        if not layer.kernel_quantizer.config_.binary:
+            continue
+        r = export_layer(layer).ratio_per_channel()
+        out[layer.name] = {"mean": float(r.mean()), "min": float(r.min()), "max": float(r.max())}
+    return out
+
+
+# --- state ------------------------------------------------------------------------------
+
+
+def _short(v: tf.Variable) -> str:
+    return str(v.name).split("/")[-1].split(":")[0]
+
+
+def _variables(model: keras.Model) -> dict[str, tf.Variable]:
+    """Every model variable by its state key."""
+    out: dict[str, tf.Variable] = {}
+    for layer in model.layers:
+        for v in [*layer._trainable_weights, *layer._non_trainable_weights]:
+            key = f"{layer.name}/{_short(v)}"
+            if key in out:
+                raise BnnExportError(f"duplicate variable name {key!r} in the Larq model")
+            out[key] = getattr(v, "latent_variable", v)
+        for attr in QUANTIZER_ATTRS:
+            q = getattr(layer, attr, None)
+            if isinstance(q, bz.WeightQuantizer | bz.ActivationQuantizer):
+                for pname, v in q.torch_params().items():
+                    out[f"{layer.name}/{attr}/{pname}"] = v
+    return out
+
+
+def larq_state(model: keras.Model) -> dict[str, np.ndarray]:
+    return {k: np.asarray(tf.convert_to_tensor(v)) for k, v in _variables(model).items()}
+
+
+def load_larq_state(model: keras.Model, state: dict[str, np.ndarray], what: str) -> None:
+    """Assign ``state`` (from ``larq_state``) to ``model``; every key must match."""
+    variables = _variables(model)
+    missing = sorted(set(variables) - set(state))
+    unexpected = sorted(set(state) - set(variables))
+    if missing or unexpected:
+        raise BnnExportError(
+            f"{what} does not match the Larq model {model.name!r}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}",
+            hint="the checkpoint is corrupt or from another architecture; retrain it",
+        )
+    for key, v in variables.items():
+        value = np.asarray(state[key])
+        if tuple(value.shape) != tuple(v.shape):
+            raise BnnExportError(
+                f"{what}: {key!r} has shape {value.shape}, the model expects {tuple(v.shape)}",
+                hint="the checkpoint is from another architecture or width; retrain it",
+            )
+        v.assign(value.astype(v.dtype.as_numpy_dtype))
+
+
+def larq_model_from_checkpoint(ckpt: Checkpoint) -> keras.Model:
+    """Rebuild a Larq model from a checkpoint and load its weights."""
+    if ckpt.framework != "larq":
+        raise BnnExportError(
+            f"this checkpoint was trained with {ckpt.framework!r}, not Larq",
+            hint="use the PyTorch loader (torch_model_from_checkpoint) for torch checkpoints",
+        )
+    model = build_larq_model(ckpt.arch, ckpt.binarizer)
+    load_larq_state(model, ckpt.tensors, "checkpoint")
+    return model
+
+
+def predict(model: keras.Model, x_nchw: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits (inference mode) for NCHW float32 inputs, as the PyTorch predict takes them."""
+    x = np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
+    out = [
+        model(x[i : i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
