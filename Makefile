@@ -8,7 +8,7 @@ STAMP := $(VENV)/.bnn-export-installed
 CONSTRAINTS := requirements/constraints.txt
 DEMO_DIR ?= demo-out
 export TF_USE_LEGACY_KERAS := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
+export TF_CPP_MIN_LOG_LEVEL := 3
 
 .PHONY: setup system-deps demo test lint typecheck pytest bench clean
 

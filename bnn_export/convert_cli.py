@@ -72,6 +72,10 @@ def run_convert(
         artifact, facts = convert_tflite(source)
     check = Validation()
     count_check(check, facts["binary_op"], facts["binary_layers"], facts["binary_ops"])
+    if facts.get("float_fallbacks"):
+        check.add(
+            "binary layers kept as exact float convs", True, ", ".join(facts["float_fallbacks"])
+        )
     with atomic_path(output) as tmp:
         tmp.write_bytes(artifact)
         if validate and data is not None:

@@ -16,6 +16,7 @@ from bnn_export.errors import BnnExportError
 @dataclass
 class Source:
     checkpoint: Checkpoint
+    checkpoint_path: str
     model: nn.Module | None  # the PyTorch model (None for larq checkpoints)
     bit_ratio_fix: dict[str, Any] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
@@ -53,11 +54,11 @@ def load_source(
     if not ckpt.binarizer.binary and bit_ratio is not None:
         raise BnnExportError("--bit-ratio applies to binary models; this one is float ('none')")
     if ckpt.framework != "torch":
-        return Source(ckpt, None)
+        return Source(ckpt, str(path), None)
     from bnn_export.models.torch_build import torch_model_from_checkpoint
 
     model = torch_model_from_checkpoint(ckpt)
-    source = Source(ckpt, model)
+    source = Source(ckpt, str(path), model)
     if bit_ratio is not None:
         from bnn_export.bitratio import fix_bit_ratios
 

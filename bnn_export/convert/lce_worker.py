@@ -1,0 +1,70 @@
+"""Child process for LCE conversion: ``python -m bnn_export.convert.lce_worker JOB_DIR``.
+
+LCE's converter can abort the whole process, so the CLI runs it here. JOB_DIR holds
+``job.json`` ({"kind": "graph"|"checkpoint", "metadata": {...}}) and either ``graph.pkl``
+(an export graph written by the parent in this private temp dir) or the checkpoint path;
+the child writes ``model.tflite`` and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def add_metadata(flatbuffer: bytes, name: str, payload: bytes) -> bytes:
+    """A copy of a TFLite model with one more metadata entry (name -> new buffer)."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
+    buffer = schema.BufferT()
+    buffer.data = list(payload)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = name
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def main(job_dir: str) -> int:
+    job_path = Path(job_dir)
+    job: dict[str, Any] = json.loads((job_path / "job.json").read_text())
+    import larq_compute_engine as lce
+
+    if job["kind"] == "graph":
+        from bnn_export.convert.keras_export import build_keras_model
+
+        with (job_path / "graph.pkl").open("rb") as f:
+            graph = pickle.load(f)  # written by our parent process in a private temp dir
+        model, fallbacks = build_keras_model(graph)
+        binary_layers = len(graph.binary_nodes())
+    else:
+        from bnn_export.checkpoint import load_checkpoint
+        from bnn_export.models.larq_build import binary_layers as larq_binary_layers
+        from bnn_export.models.larq_build import larq_model_from_checkpoint
+
+        model = larq_model_from_checkpoint(load_checkpoint(job["checkpoint"]))
+        fallbacks = []
+        binary_layers = len(larq_binary_layers(model))
+    flatbuffer = lce.convert_keras_model(model, target="arm")
+    payload = json.dumps(job["metadata"], sort_keys=True).encode()
+    (job_path / "model.tflite").write_bytes(add_metadata(flatbuffer, "bnn_export", payload))
+    (job_path / "result.json").write_text(
+        json.dumps({"binary_layers": binary_layers, "fallbacks": fallbacks})
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
