@@ -50,7 +50,8 @@ class Checkpoint:
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     from safetensors.numpy import save_file
 
-    tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.tensors.items()}
+    # np.ascontiguousarray would turn 0-d scalars (e.g. EDE's t) into shape (1,)
+    tensors = {k: np.array(v, copy=True, order="C") for k, v in ckpt.tensors.items()}
     with atomic_path(path) as tmp:
         save_file(
             tensors, str(tmp), metadata={"bnn_export": json.dumps(ckpt.header(), sort_keys=True)}

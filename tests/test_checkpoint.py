@@ -73,3 +73,16 @@ def test_nan_weights_are_refused(tmp_path: Path) -> None:
 def test_missing_checkpoint_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(BnnExportError, match="bnn-export train -o DIR"):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("binarizer", ["irnet", "sdbnn", "gwt", "siman"])
+def test_scalar_buffers_keep_their_shape(tmp_path: Path, binarizer: str) -> None:
+    arch = arch_spec("digits")
+    model = build_torch_model(arch, get(binarizer))
+    model(torch.randn(2, 1, 8, 8))
+    state = torch_state(model)
+    assert any(v.ndim == 0 for v in state.values())
+    save_checkpoint(tmp_path / "c.safetensors", Checkpoint("torch", arch, get(binarizer), "digits", state))
+    loaded = load_checkpoint(tmp_path / "c.safetensors")
+    assert {k: v.shape for k, v in loaded.tensors.items()} == {k: v.shape for k, v in state.items()}
+    torch_model_from_checkpoint(loaded)
