@@ -82,7 +82,9 @@ def test_scalar_buffers_keep_their_shape(tmp_path: Path, binarizer: str) -> None
     model(torch.randn(2, 1, 8, 8))
     state = torch_state(model)
     assert any(v.ndim == 0 for v in state.values())
-    save_checkpoint(tmp_path / "c.safetensors", Checkpoint("torch", arch, get(binarizer), "digits", state))
+    save_checkpoint(
+        tmp_path / "c.safetensors", Checkpoint("torch", arch, get(binarizer), "digits", state)
+    )
     loaded = load_checkpoint(tmp_path / "c.safetensors")
     assert {k: v.shape for k, v in loaded.tensors.items()} == {k: v.shape for k, v in state.items()}
     torch_model_from_checkpoint(loaded)

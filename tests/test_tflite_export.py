@@ -1,0 +1,95 @@
+"""PyTorch -> TFLite (LCE) conversion: LceBconv2d counts, parity in LCE's interpreter,
+bit-packed size, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bnn_export.binarizers import BinarizerConfig, get
+from bnn_export.checkpoint import Checkpoint, save_checkpoint
+from bnn_export.convert.source import Source
+from bnn_export.convert.tflite_pipeline import convert_tflite
+from bnn_export.errors import BnnExportError
+from bnn_export.models import arch_spec
+from bnn_export.models.torch_build import torch_state
+from bnn_export.runtime.runners import LceRunner
+from bnn_export.train_torch import predict
+from tests.conftest import run_cli
+from tests.test_onnx_export import CONFIGS, _agreement, _digits, _model
+
+
+def _source(
+    arch: str, config: BinarizerConfig, pad_value: float = 1.0
+) -> tuple[Source, torch.nn.Module]:
+    model, _ = _model(arch, config, pad_value)
+    spec = arch_spec(arch, pad_value=pad_value)
+    ckpt = Checkpoint("torch", spec, config, "digits", torch_state(model))
+    return Source(ckpt, "<memory>", model), model
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_digits_every_binarizer_becomes_lce_bconv_and_matches(name: str) -> None:
+    source, model = _source("digits", CONFIGS[name])
+    data, facts = convert_tflite(source)
+    assert facts["binary_ops"] == facts["binary_layers"] == 3 and not facts["float_fallbacks"]
+    _, x, _ = _digits((1, 8, 8))
+    got, ref = LceRunner(data).predict(x), predict(model, x)
+    assert _agreement(got, ref) >= 0.995
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "arch, name, pad_value, bconvs, fallbacks",
+    [
+        ("resnet20", "ste", 1.0, 18, 0),
+        ("resnet20", "siman", 1.0, 18, 0),  # centring before the +1 pad keeps strided convs binary
+        ("resnet20", "sdbnn-se", 1.0, 18, 0),
+        ("resnet20", "ste", 0.0, 16, 2),  # strided convs with zero padding stay exact float convs
+        ("vgg-small", "irnet", 1.0, 5, 0),
+    ],
+)
+def test_cifar_models_convert_with_expected_bconv_counts(
+    arch: str, name: str, pad_value: float, bconvs: int, fallbacks: int
+) -> None:
+    source, model = _source(arch, CONFIGS[name], pad_value)
+    data, facts = convert_tflite(source)
+    assert facts["binary_ops"] == bconvs and len(facts["float_fallbacks"]) == fallbacks
+    _, x, _ = _digits((3, 32, 32))
+    x = x[:48]
+    got, ref = LceRunner(data).predict(x), predict(model, x)
+    with torch.no_grad():
+        ref64 = model.double()(torch.from_numpy(x).double()).numpy()
+    model.float()
+    assert _agreement(got, ref) >= min(0.995, _agreement(ref, ref64) - 0.03)
+
+
+def test_resnet18_binary_file_is_10x_smaller_than_float() -> None:
+    binary, _ = _source("resnet18", get("ste"))
+    floating, _ = _source("resnet18", get("none"))
+    b, facts = convert_tflite(binary)
+    f, ffacts = convert_tflite(floating)
+    assert facts["binary_ops"] == 16 and ffacts["binary_ops"] == 0
+    assert len(f) / len(b) >= 10, (len(f), len(b))
+
+
+def test_cli_convert_refuses_unexportable_layer_and_writes_nothing(tmp_path: Path) -> None:
+    """A SiMaN model trained with the {0,1} code cannot be a binary conv: named error, no file."""
+    model, _ = _model("digits", get("siman", code="01"))
+    ckpt = Checkpoint(
+        "torch", arch_spec("digits"), get("siman", code="01"), "digits", torch_state(model)
+    )
+    save_checkpoint(tmp_path / "run" / "checkpoint.safetensors", ckpt)
+    out = tmp_path / "out.tflite"
+    res = run_cli("convert", str(tmp_path / "run"), "--format", "tflite", "-o", str(out))
+    assert res.returncode == 2 and "code '01'" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_pruned_layers_are_refused_by_name() -> None:
+    source, _ = _source("digits", get("equal_bits", prune_rate=0.4))
+    with pytest.raises(BnnExportError, match="pruned"):
+        convert_tflite(source)
