@@ -109,3 +109,29 @@ def model_record(model: ModelFile) -> dict[str, Any]:
         "float_macs": counts.get("float_macs"),
         "layers": counts.get("layers"),
     }
+
+
+def input_shape_of(model: ModelFile) -> tuple[int, int, int] | None:
+    """The model's input (C, H, W), read from the file (None when not static)."""
+    if model.kind == "checkpoint":
+        from bnn_export.checkpoint import load_checkpoint
+
+        c, h, w = load_checkpoint(model.file).arch["kwargs"]["input_shape"]
+        return int(c), int(h), int(w)
+    assert model.data is not None
+    if model.kind == "onnx":
+        import onnx
+
+        graph = onnx.load_from_string(model.data).graph
+        inits = {t.name for t in graph.initializer}
+        first = next(v for v in graph.input if v.name not in inits)
+        dims = [d.dim_value for d in first.type.tensor_type.shape.dim][1:]
+    else:
+        import tflite
+
+        sub = tflite.Model.GetRootAsModel(model.data, 0).Subgraphs(0)
+        h, w, c = (int(d) for d in sub.Tensors(sub.Inputs(0)).ShapeAsNumpy()[1:])
+        dims = [c, h, w]
+    if len(dims) != 3 or not all(d > 0 for d in dims):
+        return None
+    return int(dims[0]), int(dims[1]), int(dims[2])
