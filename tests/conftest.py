@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.sshd_server import start_sshd
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
@@ -44,3 +46,9 @@ def write_cifar_fixture(root: Path, n_train: int = 24, n_test: int = 12, seed: i
 @pytest.fixture
 def cifar_dir(tmp_path: Path) -> Path:
     return write_cifar_fixture(tmp_path / "cifar-10-batches-py")
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory):
+    """A real sshd on 127.0.0.1 (see tests/sshd_server.py); skips without OpenSSH."""
+    yield from start_sshd(tmp_path_factory)

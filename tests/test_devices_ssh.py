@@ -7,15 +7,12 @@ the ssh device, whose results must say they are emulated. No traffic leaves loop
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,8 +25,8 @@ from bnn_export.devices import (
     run_remote_worker,
 )
 from bnn_export.devices.elf_arch import elf_arch
+from tests.sshd_server import Sshd, free_port, keygen
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 STANDINS = Path(__file__).parent / "standins"
 STANDIN_BENCHMARK = str(STANDINS / "lce_benchmark_model")
 
@@ -46,85 +43,6 @@ ODD_NAMES = [
     "star*glob?",
     "new\nline",
 ]
-
-
-@dataclass(frozen=True)
-class Sshd:
-    port: int
-    user: str
-    key: str
-    wrong_key: str
-    known_hosts: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30
-    )
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory):
-    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
-        pytest.skip("OpenSSH server/client missing: apt-get install openssh-server openssh-client")
-    home = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "user_key", "wrong_key"):
-        _keygen(home / name)
-    (home / "authorized_keys").write_text((home / "user_key.pub").read_text())
-    port = _free_port()
-    config = home / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home / 'host_key'}\n"
-        f"AuthorizedKeysFile {home / 'authorized_keys'}\nPidFile {home / 'sshd.pid'}\n"
-        "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "ClientAliveInterval 5\n"
-    )
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-    log = home / "sshd.log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)], stdout=log_file, stderr=subprocess.STDOUT
-        )
-    deadline = time.monotonic() + 10
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"sshd exited at start:\n{log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"sshd did not listen on port {port}:\n{log.read_text()}")
-            time.sleep(0.05)
-    host_key = (home / "host_key.pub").read_text().split()
-    known_hosts = home / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    yield Sshd(
-        port,
-        getpass.getuser(),
-        str(home / "user_key"),
-        str(home / "wrong_key"),
-        str(known_hosts),
-        process,
-        log,
-    )
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture
@@ -250,7 +168,7 @@ def test_ssh_remote_worker_json(device, remote_root, model):
 
 
 def test_ssh_unreachable_host(sshd, remote_root, model):
-    device = make_device(sshd, remote_root, port=_free_port())
+    device = make_device(sshd, remote_root, port=free_port())
     start = time.monotonic()
     with pytest.raises(DeviceError) as caught:
         run_lce_benchmark(device, model, binary=STANDIN_BENCHMARK, timeout=30)
@@ -270,7 +188,7 @@ def test_ssh_auth_failure_with_wrong_key(sshd, remote_root, model):
 
 
 def test_ssh_changed_host_key_is_refused(sshd, remote_root, tmp_path):
-    _keygen(tmp_path / "other_host_key")
+    keygen(tmp_path / "other_host_key")
     kind, key = (tmp_path / "other_host_key.pub").read_text().split()[:2]
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{sshd.port} {kind} {key}\n")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conv_cases import EDGE_CASES, Conv, convs, random_inputs
 from hypothesis import HealthCheck, given, settings
 
 from bnn_export.convert import onnx_ops
 from bnn_export.runtime import native
+from tests.conv_cases import EDGE_CASES, Conv, convs, random_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = native.available_kernels()

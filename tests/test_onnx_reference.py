@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.conv_cases import EDGE_CASES, Conv, convs, random_inputs
 from hypothesis import HealthCheck, given, settings
 
 from bnn_export.convert import onnx_ops
+from tests.conv_cases import EDGE_CASES, Conv, convs, random_inputs
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

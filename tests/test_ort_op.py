@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from tests.conv_cases import EDGE_CASES, Conv, random_inputs
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from bnn_export.convert import onnx_ops
 from bnn_export.runtime import native
 from bnn_export.runtime.onnx_session import onnx_session
+from tests.conv_cases import EDGE_CASES, Conv, random_inputs
 
 
 def _model(conv: Conv, w: np.ndarray, m: np.ndarray, b: np.ndarray) -> onnx.ModelProto:
