@@ -142,7 +142,15 @@ class EvalSets:
                 spec, input_shape=shape or (), trained_on=record.get("trained_on") if shape else None,
                 max_eval=self.options.max_eval,
             )  # fmt: skip
-        return self.cache[key]
+        eval_set = self.cache[key]
+        if shape is not None and tuple(eval_set.x.shape[1:]) != shape:
+            raise BnnExportError(
+                f"the {eval_set.spec} test images have shape {tuple(eval_set.x.shape[1:])} "
+                f"(C, H, W), but {str(model.path)!r} takes {shape}",
+                hint="pass a --dataset whose images the model was exported for (by default the "
+                "dataset it was trained on)",
+            )
+        return eval_set
 
 
 class Reference:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -338,31 +337,6 @@ def test_ssh_device_out_of_disk_on_a_tiny_tmpfs(sshd, tiny_tmpfs, model):
 
 
 # ---------------------------------------------------------------- ARM flavour (emulated)
-
-
-@pytest.fixture(scope="module")
-def aarch64_benchmark(tmp_path_factory: pytest.TempPathFactory) -> str:
-    missing = [t for t in ("qemu-aarch64-static", "aarch64-linux-gnu-gcc") if not shutil.which(t)]
-    if missing:
-        pytest.skip(
-            f"{', '.join(missing)} not installed: apt-get install qemu-user-static "
-            "gcc-aarch64-linux-gnu"
-        )
-    binary = tmp_path_factory.mktemp("arm") / "fake_lce_benchmark"
-    subprocess.run(
-        [
-            "aarch64-linux-gnu-gcc",
-            "-static",
-            "-O2",
-            "-o",
-            str(binary),
-            str(STANDINS / "fake_lce_benchmark.c"),
-            "-lm",
-        ],
-        check=True,
-        timeout=120,
-    )
-    return str(binary)
 
 
 def test_ssh_emulated_aarch64_benchmark_is_labelled_emulated(
