@@ -1,0 +1,161 @@
+"""`bnn-export bench --device ssh://...` against the REAL loopback sshd (tests/sshd_server.py).
+
+The .onnx path runs bnn-export's worker on the "device" with this venv's python; the .tflite
+path runs the STAND-IN lce_benchmark_model (tests/standins), and, in the ARM flavour, the
+stand-in built for aarch64 under qemu-aarch64-static (results must say emulated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bnn_export.cli import main
+from tests.sshd_server import free_port
+
+STANDIN_BENCHMARK = str(Path(__file__).parent / "standins" / "lce_benchmark_model")
+FAST = ["--num-runs", "5", "--warmup-runs", "1", "--min-secs", "0", "--quiet"]
+ODD = "my model; rm -rf x $(touch pwned)"
+
+
+@pytest.fixture
+def remote_root(tmp_path: Path) -> Path:
+    root = tmp_path / "remote tmp; dir"
+    root.mkdir()
+    return root
+
+
+def ssh_args(sshd, remote_root: Path, port: int | None = None) -> list[str]:
+    return [
+        "--device", f"ssh://{sshd.user}@127.0.0.1:{port or sshd.port}",
+        "--ssh-identity", sshd.key, "--ssh-known-hosts", sshd.known_hosts,
+        "--ssh-config", os.devnull, "--remote-tmp", str(remote_root),
+    ]  # fmt: skip
+
+
+def odd_copy(source: Path, folder: Path, suffix: str) -> Path:
+    target = folder / f"{ODD}{suffix}"
+    shutil.copyfile(source, target)
+    return target
+
+
+def bench(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["bench", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bench_ssh_onnx_through_remote_worker(sshd, remote_root, bench_artifacts, tmp_path, capsys):
+    model = odd_copy(bench_artifacts.onnx["onnxruntime"], tmp_path, ".onnx")
+    out_json = tmp_path / "ssh.json"
+    code, out, err = bench(capsys, str(model), *ssh_args(sshd, remote_root),
+                           "--remote-python", sys.executable, "--reference", str(bench_artifacts.run),
+                           "--max-eval", "60", "--json", str(out_json), *FAST)  # fmt: skip
+    assert code == 0, err
+    row = json.loads(out_json.read_text())["results"][0]
+    assert row["model"]["name"] == model.name
+    assert row["device"]["transport"] == "ssh" and row["device"]["emulated"] is False
+    assert row["device"]["target"] == f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
+    assert row["device"]["cores"] == os.cpu_count() and row["device"]["os"]
+    assert row["runtime"]["name"] == "onnxruntime" and row["runtime"]["worker"]
+    assert row["latency_us"]["count"] >= 5 and row["latency_us"]["p50"] > 0
+    assert row["accuracy"]["measured_on"] == "device" and row["accuracy"]["samples"] == 60
+    assert row["accuracy"]["agreement"] == 1.0
+    assert f"ssh://{sshd.user}@127.0.0.1:{sshd.port}" in out.splitlines()[0]
+    assert os.listdir(remote_root) == [] and not (tmp_path / "pwned").exists()
+
+
+def test_bench_ssh_tflite_with_standin_lce_benchmark_model(
+    sshd, remote_root, bench_artifacts, tmp_path, capsys
+):
+    model = odd_copy(bench_artifacts.tflite, tmp_path, ".tflite")
+    report = tmp_path / "report"
+    code, out, err = bench(capsys, str(model), *ssh_args(sshd, remote_root),
+                           "--lce-benchmark-binary", STANDIN_BENCHMARK, "--num-threads", "4",
+                           "--report", str(report), *FAST)  # fmt: skip
+    assert code == 0, err
+    row = json.loads((report / "bench.json").read_text())["results"][0]
+    assert row["runtime"]["name"] == "lce_benchmark_model" and row["runtime"]["threads"] == 4
+    assert "--num_threads=4" in row["runtime"]["command"]
+    assert row["latency_us"]["count"] == 5
+    assert row["latency_us"]["min"] <= row["latency_us"]["p50"] <= row["latency_us"]["max"]
+    assert row["latency_us"]["p90"] is None  # not printed by the tool: never made up
+    assert row["accuracy"] is None  # a foreign .tflite records no dataset and none was given
+    assert row["device"]["emulated"] is False
+    assert "4 threads" in (report / "bench.md").read_text().splitlines()[0]
+    assert os.listdir(remote_root) == []
+
+
+def test_bench_ssh_emulated_aarch64_is_never_labelled_arm_latency(
+    sshd, remote_root, bench_artifacts, aarch64_benchmark, tmp_path, capsys
+):
+    report = tmp_path / "report"
+    code, out, err = bench(capsys, str(bench_artifacts.tflite), *ssh_args(sshd, remote_root),
+                           "--lce-benchmark-binary", aarch64_benchmark,
+                           "--emulator", "qemu-aarch64-static", "--report", str(report), *FAST)  # fmt: skip
+    assert code == 0, err
+    row = json.loads((report / "bench.json").read_text())["results"][0]
+    assert row["device"]["emulated"] is True
+    assert row["device"]["emulator"] == ["qemu-aarch64-static"]
+    assert "NOT ARM latency" in row["device"]["note"]
+    assert row["device"]["arch"] == os.uname().machine != "aarch64"
+    header = (report / "bench.md").read_text().splitlines()[0]
+    assert "emulated, not ARM latency" in header
+    assert os.listdir(remote_root) == []
+
+
+# ---------------------------------------------------------------- faults
+
+
+def assert_clean_failure(code: int, err: str, reason: str, report: Path, remote_root: Path) -> None:
+    assert code == 2, err
+    assert err.startswith(f"error: [{reason}]") and err.count("error:") == 1, err
+    assert not report.exists()  # no partial report files
+    assert os.listdir(remote_root) == []  # no remote temp files
+
+
+def test_bench_ssh_unreachable_host(sshd, remote_root, bench_artifacts, tmp_path, capsys):
+    report = tmp_path / "report"
+    start = time.monotonic()
+    code, _, err = bench(capsys, str(bench_artifacts.tflite), *ssh_args(sshd, remote_root, free_port()),
+                         "--lce-benchmark-binary", STANDIN_BENCHMARK, "--report", str(report), *FAST)  # fmt: skip
+    assert_clean_failure(code, err, "unreachable", report, remote_root)
+    assert time.monotonic() - start < 15
+
+
+def test_bench_ssh_remote_command_timeout(sshd, remote_root, bench_artifacts, tmp_path, capsys):
+    slow_python = tmp_path / "slow python"
+    slow_python.write_text("#!/bin/sh\nsleep 30\n")
+    slow_python.chmod(0o755)
+    report = tmp_path / "report"
+    start = time.monotonic()
+    code, _, err = bench(capsys, str(bench_artifacts.onnx["onnxruntime"]), *ssh_args(sshd, remote_root),
+                         "--remote-python", str(slow_python), "--timeout", "2", "--max-eval", "10",
+                         "--report", str(report), *FAST)  # fmt: skip
+    assert_clean_failure(code, err, "timeout", report, remote_root)
+    assert "--timeout" in err
+    assert time.monotonic() - start < 20
+
+
+def test_bench_ssh_missing_lce_benchmark_binary(
+    sshd, remote_root, bench_artifacts, tmp_path, capsys
+):
+    report = tmp_path / "report"
+    code, _, err = bench(capsys, str(bench_artifacts.tflite), *ssh_args(sshd, remote_root),
+                         "--lce-benchmark-binary", "/opt/absent dir/lce_benchmark_model",
+                         "--report", str(report), *FAST)  # fmt: skip
+    assert_clean_failure(code, err, "missing-binary", report, remote_root)
+    assert "--lce-benchmark-binary" in err
+
+
+def test_bench_ssh_tflite_without_benchmark_binary_is_refused_before_connecting(
+    sshd, remote_root, bench_artifacts, capsys
+):
+    code, _, err = bench(capsys, str(bench_artifacts.tflite), *ssh_args(sshd, remote_root), *FAST)
+    assert code == 2 and "--lce-benchmark-binary" in err
