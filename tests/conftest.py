@@ -84,6 +84,6 @@ def aarch64_benchmark(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def bench_artifacts(tmp_path_factory: pytest.TempPathFactory):
     """A run dir, its three .onnx exports and a tiny LCE .tflite (see tests/bench_artifacts.py)."""
-    from tests.bench_artifacts import make_artifacts
+    from tests.bench_artifacts import Artifacts
 
-    return make_artifacts(tmp_path_factory.mktemp("bench artifacts"))
+    return Artifacts(tmp_path_factory.mktemp("bench artifacts"))
