@@ -114,8 +114,7 @@ def check_plan(model: ModelFile, device: Device, options: BenchOptions) -> None:
         raise BnnExportError(
             f"{str(model.path)!r} on {device.describe()} runs with lce_benchmark_model, whose "
             "path was not given",
-            hint="pass --lce-benchmark-binary PATH (on the device; for adb a local file is "
-            "pushed)",
+            hint="pass --lce-benchmark-binary PATH (on the device; for adb a local file is pushed)",
         )
     if options.emulator and model.kind != "tflite":
         raise BnnExportError(
@@ -173,8 +172,12 @@ class Reference:
         return self.logits[id(eval_set)]
 
 
-def device_record(info: dict[str, Any], *, emulated: bool, emulator: Any, note: Any) -> dict[str, Any]:
-    extra = {k: info[k] for k in ("board", "model", "abi", "android_release", "serial") if k in info}
+def device_record(
+    info: dict[str, Any], *, emulated: bool, emulator: Any, note: Any
+) -> dict[str, Any]:
+    extra = {
+        k: info[k] for k in ("board", "model", "abi", "android_release", "serial") if k in info
+    }
     return {
         "transport": info.get("transport"),
         "target": info.get("target"),
@@ -249,7 +252,9 @@ def run_bench(
     from bnn_export.bench.report import REPORT_FILES, make_report, markdown_table, plot_png
 
     if not paths:
-        raise BnnExportError("no models given", hint="bnn-export bench MODEL.tflite MODEL.onnx RUN_DIR")
+        raise BnnExportError(
+            "no models given", hint="bnn-export bench MODEL.tflite MODEL.onnx RUN_DIR"
+        )
     if options.runtime not in RUNTIME_CHOICES:
         raise unknown_name("runtime", options.runtime, RUNTIME_CHOICES)
     if json_out is not None:

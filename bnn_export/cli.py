@@ -314,8 +314,12 @@ def convert(
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
-@click.option("--device", default="local", show_default=True,
-              help="local | ssh://user@host[:port] | adb | adb:SERIAL.")
+@click.option(
+    "--device",
+    default="local",
+    show_default=True,
+    help="local | ssh://user@host[:port] | adb | adb:SERIAL.",
+)
 @click.option("--runtime", default="auto", show_default=True,
               type=click.Choice(["auto", "lce", "onnxruntime", "openvino", "torch"]),
               help="auto: lce for .tflite, onnxruntime/openvino by the .onnx target, torch for "

@@ -98,5 +98,3 @@ def start_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-

@@ -27,7 +27,10 @@ class LatencySettings:
     max_secs: float = DEFAULT_MAX_SECS
 
     def __post_init__(self) -> None:
-        for name, value, low in (("num_runs", self.num_runs, 1), ("warmup_runs", self.warmup_runs, 0)):
+        for name, value, low in (
+            ("num_runs", self.num_runs, 1),
+            ("warmup_runs", self.warmup_runs, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"Expected `{name}` to be an integer >= {low}, but got {value!r}")
         for name, secs in (("min_secs", self.min_secs), ("max_secs", self.max_secs)):

@@ -64,8 +64,9 @@ def count_onnx(data: bytes) -> dict[str, Any]:
             conv_attrs = {k: attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations",
                                                  "group") if k in attrs}  # fmt: skip
             rewritten.append(
-                helper.make_node("Conv", [node.input[0], weight], list(node.output),
-                                 name=node.name, **conv_attrs)  # fmt: skip
+                helper.make_node(
+                    "Conv", [node.input[0], weight], list(node.output), name=node.name, **conv_attrs
+                )  # fmt: skip
             )
         elif node.op_type == "FakeQuantize":
             rewritten.append(helper.make_node("Identity", [node.input[0]], list(node.output)))
@@ -190,7 +191,9 @@ def count_graph(graph: Any) -> dict[str, Any]:
             layers.append({"name": label, "kind": "dense", "binary": n.op == "blinear",
                            "macs": int(w.size), "params": int(w.size)})  # fmt: skip
         if n.op in ("conv", "linear"):
-            float_params += int(a["weight"].size) + (0 if a.get("bias") is None else int(a["bias"].size))
+            float_params += int(a["weight"].size) + (
+                0 if a.get("bias") is None else int(a["bias"].size)
+            )
         elif n.op in ("bconv", "blinear"):
             float_params += int(a["weights"].scale.size)
         elif n.op == "bn":

@@ -77,7 +77,8 @@ def checkpoint_facts(model: ModelFile) -> tuple[dict[str, Any], dict[str, Any]]:
     c, h, w = ckpt.arch["kwargs"]["input_shape"]
     graph = graph_from_torch(torch_model_from_checkpoint(ckpt), (int(c), int(h), int(w)))
     meta["bit_ratios"] = {
-        n.attrs["module"]: float((n.attrs["weights"].bits == 1).mean()) for n in graph.binary_nodes()
+        n.attrs["module"]: float((n.attrs["weights"].bits == 1).mean())
+        for n in graph.binary_nodes()
     }
     return meta, macs.count_graph(graph)
 
@@ -89,7 +90,9 @@ def model_record(model: ModelFile) -> dict[str, Any]:
     else:
         assert model.data is not None  # artifacts always carry their bytes
         meta = artifact_metadata(model)
-        counts = macs.count_onnx(model.data) if model.kind == "onnx" else macs.count_tflite(model.data)
+        counts = (
+            macs.count_onnx(model.data) if model.kind == "onnx" else macs.count_tflite(model.data)
+        )
     binarizer = meta.get("binarizer")
     return {
         "path": str(model.path),

@@ -55,8 +55,13 @@ def bench_tflite_on_device(
     except FileNotFoundError as exc:
         raise BnnExportError(str(exc), hint="check --lce-benchmark-binary") from None
     return {
-        "runtime": {"name": "lce_benchmark_model", "version": None, "threads": num_threads,
-                    "binary": binary, "command": result["command"]},  # fmt: skip
+        "runtime": {
+            "name": "lce_benchmark_model",
+            "version": None,
+            "threads": num_threads,
+            "binary": binary,
+            "command": result["command"],
+        },  # fmt: skip
         "latency_us": lce_latency(result["latency_us"]),
         "device": result["device"],
         "emulated": result["emulated"],
@@ -96,8 +101,12 @@ def bench_onnx_over_ssh(
         result = run_remote_worker(device, files, argv, timeout)
     logits = result.get("logits")
     return {
-        "runtime": {**result["runtime"], "worker": WORKER_MODULE,
-                    "python": result.get("python"), "remote_bnn_export": result.get("bnn_export_version")},  # fmt: skip
+        "runtime": {
+            **result["runtime"],
+            "worker": WORKER_MODULE,
+            "python": result.get("python"),
+            "remote_bnn_export": result.get("bnn_export_version"),
+        },  # fmt: skip
         "latency_us": result["latency_us"],
         "device": info,
         "emulated": False,

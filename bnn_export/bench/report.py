@@ -111,7 +111,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     headers = ["Model", "Format", "Runtime", "Top-1 accuracy", "Agreement with reference",
                "1-bit MACs", "Float MACs", "Size (KiB)"]  # fmt: skip
     for label, threads in columns:
-        headers.append(f"{label}, {threads} thread{'s' if threads != 1 else ''}: latency ({unit}, p50)")
+        headers.append(
+            f"{label}, {threads} thread{'s' if threads != 1 else ''}: latency ({unit}, p50)"
+        )
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for (name, runtime), entry in rows.items():
         row = entry["row"]
@@ -126,7 +128,9 @@ def markdown_table(report: dict[str, Any]) -> str:
         ]  # fmt: skip
         for column in columns:
             value = entry["latency"].get(column)
-            cells.append("-" if value is None else f"{value / scale:.3f}" if scale > 1 else f"{value:.1f}")
+            cells.append(
+                "-" if value is None else f"{value / scale:.3f}" if scale > 1 else f"{value:.1f}"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
