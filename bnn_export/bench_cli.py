@@ -175,7 +175,7 @@ class Reference:
 def device_record(
     info: dict[str, Any], *, emulated: bool, emulator: Any, note: Any
 ) -> dict[str, Any]:
-    extra = {
+    extra: dict[str, Any] = {
         k: info[k] for k in ("board", "model", "abi", "android_release", "serial") if k in info
     }
     return {
