@@ -98,3 +98,27 @@ def start_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def session_processes(master: int) -> list[int]:
+    """sshd processes serving connections: descendants of the listener named sshd."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+        names[int(entry)] = name
+    found, queue = [], list(children.get(master, []))
+    while queue:
+        pid = queue.pop()
+        if names.get(pid) == "sshd":
+            found.append(pid)
+        queue.extend(children.get(pid, []))
+    return found

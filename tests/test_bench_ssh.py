@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from bnn_export.cli import main
-from tests.sshd_server import free_port
+from tests.sshd_server import free_port, session_processes
 
 STANDIN_BENCHMARK = str(Path(__file__).parent / "standins" / "lce_benchmark_model")
 FAST = ["--num-runs", "5", "--warmup-runs", "1", "--min-secs", "0", "--quiet"]
@@ -115,7 +118,9 @@ def test_bench_ssh_emulated_aarch64_is_never_labelled_arm_latency(
 
 def assert_clean_failure(code: int, err: str, reason: str, report: Path, remote_root: Path) -> None:
     assert code == 2, err
-    assert err.startswith(f"error: [{reason}]") and err.count("error:") == 1, err
+    lines = err.splitlines()
+    assert lines[0].startswith(f"error: [{reason}]"), err
+    assert not any(line.startswith("error:") for line in lines[1:]) and "Traceback" not in err
     assert not report.exists()  # no partial report files
     assert os.listdir(remote_root) == []  # no remote temp files
 
@@ -159,3 +164,62 @@ def test_bench_ssh_tflite_without_benchmark_binary_is_refused_before_connecting(
 ):
     code, _, err = bench(capsys, str(bench_artifacts.tflite), *ssh_args(sshd, remote_root), *FAST)
     assert code == 2 and "--lce-benchmark-binary" in err
+
+
+def test_bench_ssh_connection_killed_mid_run(sshd, remote_root, bench_artifacts, tmp_path, capsys):
+    slow_python = tmp_path / "slow python"
+    slow_python.write_text("#!/bin/sh\nsleep 6\n")
+    slow_python.chmod(0o755)
+    model = bench_artifacts.onnx["onnxruntime"]
+    killed: list[int] = []
+
+    def kill_worker_session() -> None:
+        deadline = time.monotonic() + 20
+        while not killed and time.monotonic() < deadline:
+            time.sleep(0.2)
+            if not any(".onnx" in name for name in _listing(remote_root)):
+                continue  # the files are still being copied
+            time.sleep(0.5)  # the worker command has started
+            for pid in session_processes(sshd.process.pid):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    report = tmp_path / "report"
+    thread = threading.Thread(target=kill_worker_session)
+    thread.start()
+    try:
+        code, _, err = bench(capsys, str(model), *ssh_args(sshd, remote_root),
+                             "--remote-python", str(slow_python), "--report", str(report), *FAST)  # fmt: skip
+    finally:
+        thread.join()
+    assert killed, "no sshd session process was found to kill"
+    assert_clean_failure(code, err, "connection-lost", report, remote_root)
+    assert sshd.process.poll() is None
+
+
+def _listing(root: Path) -> list[str]:
+    names = []
+    for _, _, files in os.walk(root):
+        names += files
+    return names
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):
+    mount_point = tmp_path / "tiny disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True, timeout=30)
+
+
+def test_bench_ssh_device_out_of_disk(sshd, tiny_tmpfs, bench_artifacts, tmp_path, capsys):
+    """A real ENOSPC: the remote temp root is a 64 KiB tmpfs, the openvino .onnx is ~360 KiB."""
+    report = tmp_path / "report"
+    code, _, err = bench(capsys, str(bench_artifacts.onnx["openvino"]), *ssh_args(sshd, tiny_tmpfs),
+                         "--remote-python", sys.executable, "--report", str(report), *FAST)  # fmt: skip
+    assert_clean_failure(code, err, "disk-full", report, tiny_tmpfs)
+    assert "--remote-tmp" in err

@@ -24,7 +24,7 @@ from bnn_export.devices import (
     run_remote_worker,
 )
 from bnn_export.devices.elf_arch import elf_arch
-from tests.sshd_server import Sshd, free_port, keygen
+from tests.sshd_server import Sshd, free_port, keygen, session_processes
 
 STANDINS = Path(__file__).parent / "standins"
 STANDIN_BENCHMARK = str(STANDINS / "lce_benchmark_model")
@@ -218,30 +218,6 @@ def test_ssh_missing_remote_binary(device, remote_root, model):
     assert os.listdir(remote_root) == []
 
 
-def _session_processes(master: int) -> list[int]:
-    """sshd processes serving connections: descendants of the listener named sshd."""
-    children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-        names[int(entry)] = name
-    found, queue = [], list(children.get(master, []))
-    while queue:
-        pid = queue.pop()
-        if names.get(pid) == "sshd":
-            found.append(pid)
-        queue.extend(children.get(pid, []))
-    return found
-
-
 def test_ssh_connection_killed_mid_run(sshd, device, remote_root):
     killed: list[int] = []
 
@@ -249,7 +225,7 @@ def test_ssh_connection_killed_mid_run(sshd, device, remote_root):
         deadline = time.monotonic() + 5
         while not killed and time.monotonic() < deadline:
             time.sleep(0.5)
-            for pid in _session_processes(sshd.process.pid):
+            for pid in session_processes(sshd.process.pid):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
@@ -277,7 +253,7 @@ def test_ssh_hung_link_is_detected_by_keepalives(sshd, remote_root):
         deadline = time.monotonic() + 5
         while not frozen and time.monotonic() < deadline:
             time.sleep(0.5)
-            for pid in _session_processes(sshd.process.pid):
+            for pid in session_processes(sshd.process.pid):
                 os.kill(pid, signal.SIGSTOP)
                 frozen.append(pid)
 
