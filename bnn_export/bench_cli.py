@@ -6,9 +6,11 @@ report behind; the device layer removes its remote temp dirs on every path.
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,18 +196,12 @@ def device_record(
     }
 
 
-_INFO: dict[int, dict[str, Any]] = {}
-
-
-def device_info(device: Device) -> dict[str, Any]:
-    """The device's description, probed once per device."""
-    if id(device) not in _INFO:
-        _INFO[id(device)] = device.info()
-    return _INFO[id(device)]
-
-
 def measure(
-    model: ModelFile, device: Device, options: BenchOptions, eval_set: EvalSet | None
+    model: ModelFile,
+    device: Device,
+    options: BenchOptions,
+    eval_set: EvalSet | None,
+    device_info: Callable[[], dict[str, Any]],
 ) -> dict[str, Any]:
     """runtime, latency_us, device, logits (None when the device returns none)."""
     from bnn_export.bench import local, remote
@@ -223,7 +219,7 @@ def measure(
         measured = remote.bench_onnx_over_ssh(
             device, path, runtime=options.runtime, num_threads=options.num_threads,
             settings=options.latency, eval_set=eval_set, timeout=options.timeout,
-            remote_python=options.remote_python,
+            remote_python=options.remote_python, device_info=device_info,
         )  # fmt: skip
         measured["accuracy_on"] = "device"
         return {**measured, "device": device_record(measured["device"], emulated=False,
@@ -234,7 +230,7 @@ def measure(
             settings=options.latency, eval_set=eval_set,
         )  # fmt: skip
         measured["accuracy_on"] = "device"
-        return {**measured, "device": device_record(device_info(device), emulated=False,
+        return {**measured, "device": device_record(device_info(), emulated=False,
                                                     emulator=None, note=None)}  # fmt: skip
     # lce_benchmark_model prints no outputs: accuracy comes from the LCE interpreter here.
     if eval_set is not None:
@@ -268,6 +264,7 @@ def run_bench(
     if options.reference is not None:
         open_model_file(options.reference)  # a clear error now rather than after timing
     evals, reference = EvalSets(options), Reference(options.reference)
+    device_info = functools.cache(device.info)  # probed once per command
     results = []
     try:
         for model in models:
@@ -277,7 +274,7 @@ def run_bench(
                 record["input_shape"] = list(shape) if shape else None
             eval_set = evals.get(model, record)
             _log(progress, f"bench: {model.path} on {device.describe()} ...")
-            measured = measure(model, device, options, eval_set)
+            measured = measure(model, device, options, eval_set, device_info)
             accuracy = None
             if eval_set is not None and measured["logits"] is not None:
                 accuracy = score(measured["logits"], eval_set.y, reference=reference.get(eval_set))

@@ -57,19 +57,23 @@ def bench(capsys, *args: str) -> tuple[int, str, str]:
 def test_bench_ssh_onnx_through_remote_worker(sshd, remote_root, bench_artifacts, tmp_path, capsys):
     model = odd_copy(bench_artifacts.onnx["onnxruntime"], tmp_path, ".onnx")
     out_json = tmp_path / "ssh.json"
-    code, out, err = bench(capsys, str(model), *ssh_args(sshd, remote_root),
-                           "--remote-python", sys.executable, "--reference", str(bench_artifacts.run),
-                           "--max-eval", "60", "--json", str(out_json), *FAST)  # fmt: skip
+    code, out, err = bench(capsys, str(model), str(bench_artifacts.onnx["openvino"]),
+                           *ssh_args(sshd, remote_root), "--remote-python", sys.executable,
+                           "--reference", str(bench_artifacts.run), "--max-eval", "60",
+                           "--json", str(out_json), *FAST)  # fmt: skip
     assert code == 0, err
-    row = json.loads(out_json.read_text())["results"][0]
-    assert row["model"]["name"] == model.name
-    assert row["device"]["transport"] == "ssh" and row["device"]["emulated"] is False
-    assert row["device"]["target"] == f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
-    assert row["device"]["cores"] == os.cpu_count() and row["device"]["os"]
-    assert row["runtime"]["name"] == "onnxruntime" and row["runtime"]["worker"]
-    assert row["latency_us"]["count"] >= 5 and row["latency_us"]["p50"] > 0
-    assert row["accuracy"]["measured_on"] == "device" and row["accuracy"]["samples"] == 60
-    assert row["accuracy"]["agreement"] == 1.0
+    rows = json.loads(out_json.read_text())["results"]
+    assert [r["model"]["name"] for r in rows] == [model.name, "openvino.onnx"]
+    # auto on the device picks the runtime by the target recorded in the file
+    assert [r["runtime"]["name"] for r in rows] == ["onnxruntime", "openvino"]
+    for row in rows:
+        assert row["device"]["transport"] == "ssh" and row["device"]["emulated"] is False
+        assert row["device"]["target"] == f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
+        assert row["device"]["cores"] == os.cpu_count() and row["device"]["os"]
+        assert row["runtime"]["worker"] == "bnn_export.runtime.worker"
+        assert row["latency_us"]["count"] >= 5 and row["latency_us"]["p50"] > 0
+        assert row["accuracy"]["measured_on"] == "device" and row["accuracy"]["samples"] == 60
+        assert row["accuracy"]["agreement"] == 1.0
     assert f"ssh://{sshd.user}@127.0.0.1:{sshd.port}" in out.splitlines()[0]
     assert os.listdir(remote_root) == [] and not (tmp_path / "pwned").exists()
 

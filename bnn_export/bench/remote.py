@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +81,13 @@ def bench_onnx_over_ssh(
     eval_set: EvalSet | None,
     timeout: float,
     remote_python: str,
+    device_info: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """runtime, latency_us and logits from bnn-export's worker run on the device."""
     name = Path(path).name
     argv = [
         remote_python, "-m", WORKER_MODULE, "--model", name,
-        "--runtime", "onnxruntime" if runtime == "auto" else runtime,
+        "--runtime", runtime,
         "--num-threads", str(num_threads), "--num-runs", str(settings.num_runs),
         "--warmup-runs", str(settings.warmup_runs), "--min-secs", f"{settings.min_secs:g}",
     ]  # fmt: skip
@@ -97,7 +98,7 @@ def bench_onnx_over_ssh(
             np.savez(inputs, x=eval_set.x, y=eval_set.y)
             files[INPUTS_NAME] = inputs
             argv += ["--inputs", INPUTS_NAME]
-        info = device.info()
+        info = device_info() if device_info is not None else device.info()
         result = run_remote_worker(device, files, argv, timeout)
     logits = result.get("logits")
     return {

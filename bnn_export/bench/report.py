@@ -144,6 +144,7 @@ def plot_png(report: dict[str, Any]) -> bytes:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     fig = Figure(figsize=(7.5, 5))
     ax = fig.add_subplot()
@@ -162,6 +163,9 @@ def plot_png(report: dict[str, Any]) -> bytes:
         ax.text(0.5, 0.5, "no accuracy measured (pass --dataset)", ha="center",
                 transform=ax.transAxes)  # fmt: skip
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("p50 latency per image (µs, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("bnn-export bench: accuracy vs latency (hollow = emulated, not ARM latency)",

@@ -1,6 +1,7 @@
 """The bench worker that runs on a device: ``python -m bnn_export.runtime.worker``.
 
-It loads an .onnx with a local runner (onnxruntime with our custom ops by default), runs the
+It loads an .onnx with a local runner (onnxruntime with our custom ops; OpenVINO for the
+openvino target), runs the
 latency loop and, given ``--inputs FILE.npz`` (array ``x``: float32 NCHW images, optional
 ``y``: labels), the model's logits on those images. It prints one JSON object on stdout; on
 a user error it prints one ``error:`` line on stderr and exits with status 2.
@@ -26,7 +27,9 @@ EXIT_USER_ERROR = 2
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bnn_export.runtime.worker")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--runtime", default="onnxruntime")
+    parser.add_argument(
+        "--runtime", default="auto", help="auto (by the .onnx target), onnxruntime or openvino"
+    )
     parser.add_argument("--num-threads", type=int, default=1)
     parser.add_argument("--num-runs", type=int, default=50)
     parser.add_argument("--warmup-runs", type=int, default=1)
