@@ -307,3 +307,29 @@ def run_bench(
         write_bytes(directory / "bench.png", png)
         written += [str(directory / n) for n in REPORT_FILES]
     return {"report": report, "table": table, "written": written}
+
+
+def check_agreement(report: dict[str, Any], minimum: float | None) -> None:
+    """With ``--min-agreement``: fail (after the report is out) if a row agrees less."""
+    if minimum is None:
+        return
+    rows = report["results"]
+    missing = [
+        r["model"]["name"] for r in rows if (r.get("accuracy") or {}).get("agreement") is None
+    ]
+    if missing:
+        raise BnnExportError(
+            f"--min-agreement needs an agreement for every model; none for {', '.join(missing)}",
+            hint="pass --reference RUN_DIR and a dataset (--dataset or one recorded in the model)",
+        )
+    low = [
+        f"{r['model']['name']} ({r['runtime']['name']}): {r['accuracy']['agreement']:.2%}"
+        for r in rows
+        if r["accuracy"]["agreement"] < minimum
+    ]
+    if low:
+        raise BnnExportError(
+            f"agreement with the reference below {minimum:.2%}: {'; '.join(low)}",
+            hint="the artifact computes something else than the trained model: re-convert it, "
+            "and check `bnn-export convert`'s checklist",
+        )

@@ -336,6 +336,13 @@ def convert(
               help="Score only the first N test images.")  # fmt: skip
 @click.option("--reference", default=None, type=click.Path(),
               help="Run dir / checkpoint whose predictions the models are compared with.")  # fmt: skip
+@click.option(
+    "--min-agreement",
+    default=None,
+    type=click.FloatRange(0, 1),
+    help="Exit with an error (after writing the report) if a model's top-1 agreement with "
+    "--reference is below this fraction, e.g. 0.995.",
+)
 @click.option("--json", "json_out", default=None, type=click.Path(), help="Write the JSON report.")
 @click.option("--report", "report_dir", default=None, type=click.Path(),
               help="Write bench.json, bench.md and bench.png into DIR.")  # fmt: skip
@@ -360,7 +367,8 @@ def convert(
 def bench(
     models: tuple[str, ...], device: str, runtime: str, num_threads: int, num_runs: int,
     warmup_runs: int, min_secs: float, dataset: str | None, max_eval: int | None,
-    reference: str | None, json_out: str | None, report_dir: str | None, timeout: float,
+    reference: str | None, min_agreement: float | None, json_out: str | None,
+    report_dir: str | None, timeout: float,
     lce_benchmark_binary: str | None, taskset: str | None, emulator: str | None,
     remote_python: str, remote_tmp: str | None, ssh_identity: str | None,
     ssh_known_hosts: str | None, ssh_config: str | None, ssh_options: tuple[str, ...],
@@ -368,7 +376,7 @@ def bench(
 ) -> None:  # fmt: skip
     """Measure latency and accuracy of .tflite/.onnx files and checkpoints, here or on a device."""
     from bnn_export.bench.latency import LatencySettings
-    from bnn_export.bench_cli import BenchOptions, run_bench
+    from bnn_export.bench_cli import BenchOptions, check_agreement, run_bench
 
     options = BenchOptions(
         device=device, runtime=runtime, num_threads=num_threads,
@@ -382,6 +390,7 @@ def bench(
                        progress=not quiet and not as_json)  # fmt: skip
     text = result["table"] + "".join(f"\nwrote {path}" for path in result["written"])
     _emit(result["report"], as_json, text)
+    check_agreement(result["report"], min_agreement)
 
 
 @cli.command()

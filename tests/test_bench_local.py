@@ -95,6 +95,24 @@ def test_bench_local_tflite_with_lce_interpreter(bench_artifacts, capsys, tmp_pa
     assert "2 threads" in out.splitlines()[0]
 
 
+def test_bench_min_agreement_fails_a_model_that_computes_something_else(
+    bench_artifacts, tmp_path, capsys
+):
+    # The tiny LCE model has random weights: it cannot agree with the trained run.
+    json_out = tmp_path / "gate.json"
+    code, out, err = bench(capsys, str(bench_artifacts.onnx["onnxruntime"]), str(bench_artifacts.tflite),
+                           "--dataset", "digits", "--reference", str(bench_artifacts.run),
+                           "--max-eval", "60", "--min-agreement", "0.995", "--json", str(json_out), *FAST)  # fmt: skip
+    assert code == 2
+    assert "tiny lce.tflite (lce)" in err and "onnxruntime.onnx" not in err
+    assert json.loads(json_out.read_text())["results"][0]["accuracy"]["agreement"] == 1.0
+    assert "| `tiny lce.tflite` |" in out  # the table is still printed
+    code, _, err = bench(
+        capsys, str(bench_artifacts.onnx["onnxruntime"]), "--min-agreement", "0.995", *FAST
+    )
+    assert code == 2 and "--reference" in err
+
+
 def test_bench_dataset_whose_images_do_not_fit_is_refused(
     bench_artifacts, cifar_dir, tmp_path, capsys
 ):
