@@ -227,3 +227,14 @@ def test_bench_ssh_device_out_of_disk(sshd, tiny_tmpfs, bench_artifacts, tmp_pat
                          "--remote-python", sys.executable, "--report", str(report), *FAST)  # fmt: skip
     assert_clean_failure(code, err, "disk-full", report, tiny_tmpfs)
     assert "--remote-tmp" in err
+
+
+def test_bench_ssh_auth_failure(sshd, remote_root, bench_artifacts, tmp_path, capsys):
+    report, json_out = tmp_path / "report", tmp_path / "out.json"
+    args = ssh_args(sshd, remote_root)
+    args[args.index(sshd.key)] = sshd.wrong_key
+    code, _, err = bench(capsys, str(bench_artifacts.tflite), *args,
+                         "--lce-benchmark-binary", STANDIN_BENCHMARK, "--report", str(report),
+                         "--json", str(json_out), *FAST)  # fmt: skip
+    assert_clean_failure(code, err, "auth", report, remote_root)
+    assert "--ssh-identity" in err and not json_out.exists()
