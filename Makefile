@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bnn-export-installed
 CONSTRAINTS := requirements/constraints.txt
 DEMO_DIR ?= demo-out
+BNN := $(VENV)/bin/bnn-export
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
@@ -30,8 +31,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) $(NATIVE_SOURCES)
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/bnn-export train --model digits --dataset digits --binarizer ste --epochs 20 \
-		-o $(DEMO_DIR)/digits-ste
+	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
+	$(BNN) train --model digits --dataset digits --binarizer ste --epochs 20 -o $(DEMO_DIR)/digits-ste
+	$(BNN) convert $(DEMO_DIR)/digits-ste --format tflite -o $(DEMO_DIR)/digits-ste.tflite
+	$(BNN) convert $(DEMO_DIR)/digits-ste --format onnx --target onnxruntime -o $(DEMO_DIR)/digits-ste.onnx
+	$(BNN) convert $(DEMO_DIR)/digits-ste --format onnx --target openvino -o $(DEMO_DIR)/digits-ste-openvino.onnx
+	$(BNN) bench $(DEMO_DIR)/digits-ste $(DEMO_DIR)/digits-ste.tflite $(DEMO_DIR)/digits-ste.onnx \
+		$(DEMO_DIR)/digits-ste-openvino.onnx --reference $(DEMO_DIR)/digits-ste \
+		--report $(DEMO_DIR)/report --min-agreement 0.995
 
 lint: setup
 	$(VENV)/bin/ruff check bnn_export tests

@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.sshd_server import start_sshd
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -44,3 +47,43 @@ def write_cifar_fixture(root: Path, n_train: int = 24, n_test: int = 12, seed: i
 @pytest.fixture
 def cifar_dir(tmp_path: Path) -> Path:
     return write_cifar_fixture(tmp_path / "cifar-10-batches-py")
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory):
+    """A real sshd on 127.0.0.1 (see tests/sshd_server.py); skips without OpenSSH."""
+    yield from start_sshd(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def aarch64_benchmark(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The stand-in benchmark (tests/standins/fake_lce_benchmark.c) built for aarch64."""
+    missing = [t for t in ("qemu-aarch64-static", "aarch64-linux-gnu-gcc") if not shutil.which(t)]
+    if missing:
+        pytest.skip(
+            f"{', '.join(missing)} not installed: apt-get install qemu-user-static "
+            "gcc-aarch64-linux-gnu"
+        )
+    binary = tmp_path_factory.mktemp("arm") / "fake_lce_benchmark"
+    subprocess.run(
+        [
+            "aarch64-linux-gnu-gcc",
+            "-static",
+            "-O2",
+            "-o",
+            str(binary),
+            str(Path(__file__).parent / "standins" / "fake_lce_benchmark.c"),
+            "-lm",
+        ],
+        check=True,
+        timeout=120,
+    )
+    return str(binary)
+
+
+@pytest.fixture(scope="session")
+def bench_artifacts(tmp_path_factory: pytest.TempPathFactory):
+    """A run dir, its three .onnx exports and a tiny LCE .tflite (see tests/bench_artifacts.py)."""
+    from tests.bench_artifacts import Artifacts
+
+    return Artifacts(tmp_path_factory.mktemp("bench artifacts"))

@@ -86,12 +86,6 @@ def test_failed_run_leaves_no_partial_output(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("command", ["bench"])
-def test_unimplemented_commands_exit_nonzero(command: str) -> None:
-    res = run_cli(command, "x")
-    assert res.returncode == 2 and "not implemented yet" in res.stderr
-
-
 @pytest.mark.parametrize(
     "args, message",
     [

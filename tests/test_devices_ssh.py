@@ -7,15 +7,11 @@ the ssh device, whose results must say they are emulated. No traffic leaves loop
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,8 +24,8 @@ from bnn_export.devices import (
     run_remote_worker,
 )
 from bnn_export.devices.elf_arch import elf_arch
+from tests.sshd_server import Sshd, free_port, keygen, session_processes
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 STANDINS = Path(__file__).parent / "standins"
 STANDIN_BENCHMARK = str(STANDINS / "lce_benchmark_model")
 
@@ -46,85 +42,6 @@ ODD_NAMES = [
     "star*glob?",
     "new\nline",
 ]
-
-
-@dataclass(frozen=True)
-class Sshd:
-    port: int
-    user: str
-    key: str
-    wrong_key: str
-    known_hosts: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30
-    )
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory):
-    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
-        pytest.skip("OpenSSH server/client missing: apt-get install openssh-server openssh-client")
-    home = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "user_key", "wrong_key"):
-        _keygen(home / name)
-    (home / "authorized_keys").write_text((home / "user_key.pub").read_text())
-    port = _free_port()
-    config = home / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home / 'host_key'}\n"
-        f"AuthorizedKeysFile {home / 'authorized_keys'}\nPidFile {home / 'sshd.pid'}\n"
-        "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "ClientAliveInterval 5\n"
-    )
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-    log = home / "sshd.log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)], stdout=log_file, stderr=subprocess.STDOUT
-        )
-    deadline = time.monotonic() + 10
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"sshd exited at start:\n{log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"sshd did not listen on port {port}:\n{log.read_text()}")
-            time.sleep(0.05)
-    host_key = (home / "host_key.pub").read_text().split()
-    known_hosts = home / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    yield Sshd(
-        port,
-        getpass.getuser(),
-        str(home / "user_key"),
-        str(home / "wrong_key"),
-        str(known_hosts),
-        process,
-        log,
-    )
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture
@@ -250,7 +167,7 @@ def test_ssh_remote_worker_json(device, remote_root, model):
 
 
 def test_ssh_unreachable_host(sshd, remote_root, model):
-    device = make_device(sshd, remote_root, port=_free_port())
+    device = make_device(sshd, remote_root, port=free_port())
     start = time.monotonic()
     with pytest.raises(DeviceError) as caught:
         run_lce_benchmark(device, model, binary=STANDIN_BENCHMARK, timeout=30)
@@ -270,7 +187,7 @@ def test_ssh_auth_failure_with_wrong_key(sshd, remote_root, model):
 
 
 def test_ssh_changed_host_key_is_refused(sshd, remote_root, tmp_path):
-    _keygen(tmp_path / "other_host_key")
+    keygen(tmp_path / "other_host_key")
     kind, key = (tmp_path / "other_host_key.pub").read_text().split()[:2]
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{sshd.port} {kind} {key}\n")
@@ -301,30 +218,6 @@ def test_ssh_missing_remote_binary(device, remote_root, model):
     assert os.listdir(remote_root) == []
 
 
-def _session_processes(master: int) -> list[int]:
-    """sshd processes serving connections: descendants of the listener named sshd."""
-    children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-        names[int(entry)] = name
-    found, queue = [], list(children.get(master, []))
-    while queue:
-        pid = queue.pop()
-        if names.get(pid) == "sshd":
-            found.append(pid)
-        queue.extend(children.get(pid, []))
-    return found
-
-
 def test_ssh_connection_killed_mid_run(sshd, device, remote_root):
     killed: list[int] = []
 
@@ -332,7 +225,7 @@ def test_ssh_connection_killed_mid_run(sshd, device, remote_root):
         deadline = time.monotonic() + 5
         while not killed and time.monotonic() < deadline:
             time.sleep(0.5)
-            for pid in _session_processes(sshd.process.pid):
+            for pid in session_processes(sshd.process.pid):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
@@ -360,7 +253,7 @@ def test_ssh_hung_link_is_detected_by_keepalives(sshd, remote_root):
         deadline = time.monotonic() + 5
         while not frozen and time.monotonic() < deadline:
             time.sleep(0.5)
-            for pid in _session_processes(sshd.process.pid):
+            for pid in session_processes(sshd.process.pid):
                 os.kill(pid, signal.SIGSTOP)
                 frozen.append(pid)
 
@@ -420,31 +313,6 @@ def test_ssh_device_out_of_disk_on_a_tiny_tmpfs(sshd, tiny_tmpfs, model):
 
 
 # ---------------------------------------------------------------- ARM flavour (emulated)
-
-
-@pytest.fixture(scope="module")
-def aarch64_benchmark(tmp_path_factory: pytest.TempPathFactory) -> str:
-    missing = [t for t in ("qemu-aarch64-static", "aarch64-linux-gnu-gcc") if not shutil.which(t)]
-    if missing:
-        pytest.skip(
-            f"{', '.join(missing)} not installed: apt-get install qemu-user-static "
-            "gcc-aarch64-linux-gnu"
-        )
-    binary = tmp_path_factory.mktemp("arm") / "fake_lce_benchmark"
-    subprocess.run(
-        [
-            "aarch64-linux-gnu-gcc",
-            "-static",
-            "-O2",
-            "-o",
-            str(binary),
-            str(STANDINS / "fake_lce_benchmark.c"),
-            "-lm",
-        ],
-        check=True,
-        timeout=120,
-    )
-    return str(binary)
 
 
 def test_ssh_emulated_aarch64_benchmark_is_labelled_emulated(

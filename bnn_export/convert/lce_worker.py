@@ -54,9 +54,10 @@ def main(job_dir: str) -> int:
         from bnn_export.models.larq_build import binary_layers as larq_binary_layers
         from bnn_export.models.larq_build import larq_model_from_checkpoint
 
-        model = larq_model_from_checkpoint(load_checkpoint(job["checkpoint"]))
+        ckpt = load_checkpoint(job["checkpoint"])
+        model = larq_model_from_checkpoint(ckpt)
         fallbacks = []
-        binary_layers = len(larq_binary_layers(model))
+        binary_layers = len(larq_binary_layers(model)) if ckpt.binarizer.binary else 0
     flatbuffer = lce.convert_keras_model(model, target="arm")
     payload = json.dumps(job["metadata"], sort_keys=True).encode()
     (job_path / "model.tflite").write_bytes(add_metadata(flatbuffer, "bnn_export", payload))

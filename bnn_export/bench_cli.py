@@ -1,0 +1,335 @@
+"""The bench command's flow: models -> where to run each -> rows -> report files.
+
+Nothing is written until every model has been measured, so a failed run leaves no partial
+report behind; the device layer removes its remote temp dirs on every path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnn_export.bench.accuracy import EvalSet, load_eval_set, score
+from bnn_export.bench.latency import LatencySettings
+from bnn_export.bench.model_record import ModelFile, input_shape_of, model_record, open_model_file
+from bnn_export.devices import Device, DeviceError, parse_device_url
+from bnn_export.errors import BnnExportError, unknown_name
+from bnn_export.fileio import write_bytes, write_json, write_text
+
+RUNTIME_CHOICES = ("auto", "lce", "onnxruntime", "openvino", "torch")
+_RUNTIMES_FOR = {"checkpoint": ("auto", "torch"), "tflite": ("auto", "lce"),
+                 "onnx": ("auto", "onnxruntime", "openvino")}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    device: str = "local"
+    runtime: str = "auto"
+    num_threads: int = 1
+    latency: LatencySettings = LatencySettings()
+    dataset: str | None = None
+    reference: str | None = None
+    max_eval: int | None = None
+    timeout: float = 600.0
+    lce_benchmark_binary: str | None = None
+    taskset: str | None = None
+    emulator: str | None = None
+    remote_python: str = "python3"
+    remote_tmp: str | None = None
+    ssh_identity: str | None = None
+    ssh_known_hosts: str | None = None
+    ssh_config: str | None = None
+    ssh_options: tuple[str, ...] = ()
+
+
+def check_output_location(path: str, *, directory: bool) -> None:
+    """Fail before measuring if ``path`` could not be written; creates nothing."""
+    p = Path(path).absolute()
+    if p.exists() and p.is_dir() != directory:
+        what = "a directory" if p.is_dir() else "a file"
+        raise BnnExportError(f"cannot write {path!r}: it is {what}",
+                             hint="choose another output path")  # fmt: skip
+    ancestor = p.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise BnnExportError(
+            f"cannot write {path!r}: {str(ancestor)!r} is not a writable directory",
+            hint="choose a writable output path",
+        )
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def device_error(exc: DeviceError) -> BnnExportError:
+    return BnnExportError(f"[{exc.reason}] {exc}")
+
+
+def open_device(options: BenchOptions) -> Device:
+    try:
+        return parse_device_url(
+            options.device,
+            identity_file=options.ssh_identity,
+            known_hosts_file=options.ssh_known_hosts,
+            strict_host_key_checking="yes" if options.ssh_known_hosts else "accept-new",
+            ssh_config=options.ssh_config,
+            ssh_options=options.ssh_options,
+            temp_root=options.remote_tmp,
+        )
+    except DeviceError as exc:
+        raise device_error(exc) from None
+
+
+def check_plan(model: ModelFile, device: Device, options: BenchOptions) -> None:
+    """Refuse combinations that cannot run, before anything is measured."""
+    if options.runtime not in _RUNTIMES_FOR[model.kind]:
+        valid = " or ".join(r for r in _RUNTIMES_FOR[model.kind] if r != "auto")
+        raise BnnExportError(
+            f"{str(model.path)!r} is a {model.kind}; it runs with --runtime {valid}, "
+            f"not {options.runtime!r}",
+            hint="leave --runtime at auto, or bench the artifacts in separate commands",
+        )
+    remote = device.transport != "local"
+    if model.kind == "checkpoint" and remote:
+        raise BnnExportError(
+            f"{str(model.path)!r} is a checkpoint; checkpoints run on this machine only",
+            hint="bench the checkpoint with --device local and the artifacts on the device",
+        )
+    if model.kind == "onnx" and device.transport == "adb":
+        raise BnnExportError(
+            f"{str(model.path)!r}: .onnx models cannot be benched over adb (no Python worker "
+            "on Android)",
+            hint="convert with --format tflite and bench the .tflite on the phone",
+        )
+    if model.kind == "tflite" and remote and not options.lce_benchmark_binary:
+        raise BnnExportError(
+            f"{str(model.path)!r} on {device.describe()} runs with lce_benchmark_model, whose "
+            "path was not given",
+            hint="pass --lce-benchmark-binary PATH (on the device; for adb a local file is pushed)",
+        )
+    if options.emulator and model.kind != "tflite":
+        raise BnnExportError(
+            "--emulator applies to .tflite files run with --lce-benchmark-binary",
+            hint="bench the .onnx files in a command without --emulator",
+        )
+
+
+class EvalSets:
+    """Eval images per (dataset, input shape), loaded once."""
+
+    def __init__(self, options: BenchOptions) -> None:
+        self.options = options
+        self.cache: dict[tuple[str, tuple[int, ...] | None], EvalSet] = {}
+
+    def get(self, model: ModelFile, record: dict[str, Any]) -> EvalSet | None:
+        spec = self.options.dataset or record.get("trained_on")
+        if spec is None:
+            return None
+        shape = tuple(record["input_shape"]) if record.get("input_shape") else None
+        key = (spec, shape)
+        if key not in self.cache:
+            self.cache[key] = load_eval_set(
+                spec, input_shape=shape or (), trained_on=record.get("trained_on") if shape else None,
+                max_eval=self.options.max_eval,
+            )  # fmt: skip
+        eval_set = self.cache[key]
+        if shape is not None and tuple(eval_set.x.shape[1:]) != shape:
+            raise BnnExportError(
+                f"the {eval_set.spec} test images have shape {tuple(eval_set.x.shape[1:])} "
+                f"(C, H, W), but {str(model.path)!r} takes {shape}",
+                hint="pass a --dataset whose images the model was exported for (by default the "
+                "dataset it was trained on)",
+            )
+        return eval_set
+
+
+class Reference:
+    """Logits of the --reference checkpoint, per eval set."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.runner: Any = None
+        self.logits: dict[int, np.ndarray] = {}
+
+    def get(self, eval_set: EvalSet | None) -> np.ndarray | None:
+        if self.path is None or eval_set is None:
+            return None
+        if id(eval_set) not in self.logits:
+            if self.runner is None:
+                from bnn_export.runtime.runners import TorchRunner
+
+                self.runner = TorchRunner(self.path)
+            self.logits[id(eval_set)] = self.runner.predict(eval_set.x)
+        return self.logits[id(eval_set)]
+
+
+def device_record(
+    info: dict[str, Any], *, emulated: bool, emulator: Any, note: Any
+) -> dict[str, Any]:
+    extra: dict[str, Any] = {
+        k: info[k] for k in ("board", "model", "abi", "android_release", "serial") if k in info
+    }
+    return {
+        "transport": info.get("transport"),
+        "target": info.get("target"),
+        "cpu": info.get("cpu_model"),
+        "cores": info.get("cores"),
+        "os": info.get("os"),
+        "arch": info.get("arch"),
+        "kernel": info.get("kernel"),
+        "governor": info.get("governor"),
+        "emulated": bool(emulated),
+        "emulator": emulator,
+        "note": note,
+        **extra,
+    }
+
+
+def measure(
+    model: ModelFile,
+    device: Device,
+    options: BenchOptions,
+    eval_set: EvalSet | None,
+    device_info: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """runtime, latency_us, device, logits (None when the device returns none)."""
+    from bnn_export.bench import local, remote
+
+    path = str(model.path)
+    binary = options.lce_benchmark_binary
+    emulator = shlex.split(options.emulator) if options.emulator else None
+    if model.kind == "tflite" and binary:
+        measured = remote.bench_tflite_on_device(
+            device, path, binary=binary, num_threads=options.num_threads,
+            settings=options.latency, timeout=options.timeout, taskset=options.taskset,
+            emulator=emulator,
+        )  # fmt: skip
+    elif model.kind == "onnx" and device.transport == "ssh":
+        measured = remote.bench_onnx_over_ssh(
+            device, path, runtime=options.runtime, num_threads=options.num_threads,
+            settings=options.latency, eval_set=eval_set, timeout=options.timeout,
+            remote_python=options.remote_python, device_info=device_info,
+        )  # fmt: skip
+        measured["accuracy_on"] = "device"
+        return {**measured, "device": device_record(measured["device"], emulated=False,
+                                                    emulator=None, note=None)}  # fmt: skip
+    else:
+        measured = local.bench_local(
+            path, runtime=options.runtime, num_threads=options.num_threads,
+            settings=options.latency, eval_set=eval_set,
+        )  # fmt: skip
+        measured["accuracy_on"] = "device"
+        return {**measured, "device": device_record(device_info(), emulated=False,
+                                                    emulator=None, note=None)}  # fmt: skip
+    # lce_benchmark_model prints no outputs: accuracy comes from the LCE interpreter here.
+    if eval_set is not None:
+        measured["logits"] = local.local_logits(path, runtime="lce", eval_set=eval_set)
+    measured["accuracy_on"] = "local"
+    measured["device"] = device_record(measured["device"], emulated=measured.pop("emulated"),
+                                       emulator=measured.pop("emulator"), note=measured.pop("note"))  # fmt: skip
+    return measured
+
+
+def run_bench(
+    paths: list[str], options: BenchOptions, *, json_out: str | None, report_dir: str | None,
+    progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    from bnn_export.bench.report import REPORT_FILES, make_report, markdown_table, plot_png
+
+    if not paths:
+        raise BnnExportError(
+            "no models given", hint="bnn-export bench MODEL.tflite MODEL.onnx RUN_DIR"
+        )
+    if options.runtime not in RUNTIME_CHOICES:
+        raise unknown_name("runtime", options.runtime, RUNTIME_CHOICES)
+    if json_out is not None:
+        check_output_location(json_out, directory=False)
+    if report_dir is not None:
+        check_output_location(report_dir, directory=True)
+    device = open_device(options)
+    models = [open_model_file(p) for p in paths]
+    for model in models:
+        check_plan(model, device, options)
+    if options.reference is not None:
+        open_model_file(options.reference)  # a clear error now rather than after timing
+    evals, reference = EvalSets(options), Reference(options.reference)
+    device_info = functools.cache(device.info)  # probed once per command
+    results = []
+    try:
+        for model in models:
+            record = model_record(model)
+            if record.get("input_shape") is None:
+                shape = input_shape_of(model)
+                record["input_shape"] = list(shape) if shape else None
+            eval_set = evals.get(model, record)
+            _log(progress, f"bench: {model.path} on {device.describe()} ...")
+            measured = measure(model, device, options, eval_set, device_info)
+            accuracy = None
+            if eval_set is not None and measured["logits"] is not None:
+                accuracy = score(measured["logits"], eval_set.y, reference=reference.get(eval_set))
+                accuracy.update(dataset=eval_set.spec, reference=options.reference,
+                                measured_on=measured["accuracy_on"])  # fmt: skip
+            results.append({"model": record, "runtime": measured["runtime"],
+                            "device": measured["device"], "latency_us": measured["latency_us"],
+                            "accuracy": accuracy})  # fmt: skip
+    except DeviceError as exc:
+        raise device_error(exc) from None
+    settings = {
+        "device": options.device, "runtime": options.runtime, "num_threads": options.num_threads,
+        "num_runs": options.latency.num_runs, "warmup_runs": options.latency.warmup_runs,
+        "min_secs": options.latency.min_secs, "max_secs": options.latency.max_secs,
+        "dataset": options.dataset, "reference": options.reference, "max_eval": options.max_eval,
+        "timeout": options.timeout, "taskset": options.taskset, "emulator": options.emulator,
+        "lce_benchmark_binary": options.lce_benchmark_binary,
+    }  # fmt: skip
+    report = make_report(results, settings)
+    table = markdown_table(report)
+    written = []
+    if json_out is not None:
+        write_json(json_out, report)
+        written.append(json_out)
+    if report_dir is not None:
+        png = plot_png(report)
+        directory = Path(report_dir)
+        write_json(directory / "bench.json", report)
+        write_text(directory / "bench.md", table + "\n")
+        write_bytes(directory / "bench.png", png)
+        written += [str(directory / n) for n in REPORT_FILES]
+    return {"report": report, "table": table, "written": written}
+
+
+def check_agreement(report: dict[str, Any], minimum: float | None) -> None:
+    """With ``--min-agreement``: fail (after the report is out) if a row agrees less."""
+    if minimum is None:
+        return
+    rows = report["results"]
+    missing = [
+        r["model"]["name"] for r in rows if (r.get("accuracy") or {}).get("agreement") is None
+    ]
+    if missing:
+        raise BnnExportError(
+            f"--min-agreement needs an agreement for every model; none for {', '.join(missing)}",
+            hint="pass --reference RUN_DIR and a dataset (--dataset or one recorded in the model)",
+        )
+    low = [
+        f"{r['model']['name']} ({r['runtime']['name']}): {r['accuracy']['agreement']:.2%}"
+        for r in rows
+        if r["accuracy"]["agreement"] < minimum
+    ]
+    if low:
+        raise BnnExportError(
+            f"agreement with the reference below {minimum:.2%}: {'; '.join(low)}",
+            hint="the artifact computes something else than the trained model: re-convert it, "
+            "and check `bnn-export convert`'s checklist",
+        )
