@@ -53,7 +53,8 @@ pytest: setup
 test: lint typecheck pytest
 
 bench: setup
-	$(PY) benchmarks/bench_kernels.py
+	$(PY) -m benchmarks.bench_kernels
+	$(PY) -m benchmarks.bench_e2e
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -93,3 +93,30 @@ def test_pruned_layers_are_refused_by_name() -> None:
     source, _ = _source("digits", get("equal_bits", prune_rate=0.4))
     with pytest.raises(BnnExportError, match="pruned"):
         convert_tflite(source)
+
+
+def test_larq_float_baseline_converts_without_lce_ops(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert (
+        run_cli(
+            "train",
+            "--framework",
+            "larq",
+            "--binarizer",
+            "none",
+            "--epochs",
+            "1",
+            "-o",
+            str(run),
+            "--quiet",
+        ).returncode
+        == 0
+    )
+    res = run_cli(
+        "convert", str(run), "--format", "tflite", "-o", str(tmp_path / "f.tflite"), "--json"
+    )
+    assert res.returncode == 0, res.stderr
+    import json
+
+    out = json.loads(res.stdout)
+    assert out["facts"]["binary_ops"] == 0 and out["facts"]["binary_layers"] == 0
