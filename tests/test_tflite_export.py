@@ -120,3 +120,22 @@ def test_larq_float_baseline_converts_without_lce_ops(tmp_path: Path) -> None:
 
     out = json.loads(res.stdout)
     assert out["facts"]["binary_ops"] == 0 and out["facts"]["binary_layers"] == 0
+
+
+def test_larq_resnet20_names_its_float_fallbacks(tmp_path: Path) -> None:
+    """SiMaN centres activations over the whole map, so the larq model's strided convs pad
+    after binarizing; LCE keeps those as exact float convs: named, not miscounted."""
+    import json
+
+    from bnn_export.models.larq_build import build_larq_model, larq_state
+
+    arch = arch_spec("resnet20")
+    model = build_larq_model(arch, get("siman"), seed=0)
+    ckpt = Checkpoint("larq", arch, get("siman"), "digits", larq_state(model))
+    save_checkpoint(tmp_path / "run" / "checkpoint.safetensors", ckpt)
+    res = run_cli("convert", str(tmp_path / "run"), "--format", "tflite", "-o", str(tmp_path / "m.tflite"),
+                  "--no-validate", "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    facts = json.loads(res.stdout)["facts"]
+    assert facts["binary_ops"] == facts["binary_layers"] == 16
+    assert facts["float_fallbacks"] == ["layers_3_conv1", "layers_6_conv1"]

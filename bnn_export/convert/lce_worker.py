@@ -53,11 +53,18 @@ def main(job_dir: str) -> int:
         from bnn_export.checkpoint import load_checkpoint
         from bnn_export.models.larq_build import binary_layers as larq_binary_layers
         from bnn_export.models.larq_build import larq_model_from_checkpoint
+        from bnn_export.models.larq_layers import TorchPadQuantConv2D
 
         ckpt = load_checkpoint(job["checkpoint"])
         model = larq_model_from_checkpoint(ckpt)
-        fallbacks = []
-        binary_layers = len(larq_binary_layers(model)) if ckpt.binarizer.binary else 0
+        layers = larq_binary_layers(model) if ckpt.binarizer.binary else []
+        # Strided binary convs that pad their binarized input stay exact float convs in
+        # LCE (docs/larq.md); name them instead of miscounting.
+        fallbacks = [
+            layer.name for layer in layers
+            if isinstance(layer, TorchPadQuantConv2D) and not layer.pad_before_quantizer
+        ]  # fmt: skip
+        binary_layers = len(layers)
     flatbuffer = lce.convert_keras_model(model, target="arm")
     payload = json.dumps(job["metadata"], sort_keys=True).encode()
     (job_path / "model.tflite").write_bytes(add_metadata(flatbuffer, "bnn_export", payload))
