@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from bnn_export.datasets import Dataset
 from bnn_export.models.larq_build import binary_layers, predict, set_schedule
+from bnn_export.train_log import epoch_record
 from bnn_export.train_torch import TrainSettings
 
 __all__ = ["TrainSettings", "accuracy", "decayed_variables", "train"]
@@ -104,17 +105,9 @@ def train(model: keras.Model, data: Dataset, settings: TrainSettings) -> list[di
             correct += int(n_correct)
             bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
         test_acc = accuracy(model, data.x_test, data.y_test)
-        record = {
-            "epoch": epoch + 1,
-            "loss": total_loss / len(x_all),
-            "train_accuracy": correct / len(x_all),
-            "test_accuracy": test_acc,
-            "seconds": time.perf_counter() - t0,
-        }
+        record = epoch_record(
+            epoch, settings.epochs, total_loss=total_loss, correct=correct, samples=len(x_all),
+            test_accuracy=test_acc, seconds=time.perf_counter() - t0, progress=settings.progress,
+        )  # fmt: skip
         history.append(record)
-        if settings.progress:
-            tqdm.write(
-                f"epoch {epoch + 1}/{settings.epochs}: loss {record['loss']:.4f} "
-                f"train {record['train_accuracy']:.2%} test {test_acc:.2%} ({record['seconds']:.1f}s)"
-            )
     return history
