@@ -216,23 +216,27 @@ codes = [m.OperatorCodes(i).CustomCode() for i in range(m.OperatorCodesLength())
 sg = m.Subgraphs(0)
 ops = [codes[sg.Operators(i).OpcodeIndex()] for i in range(sg.OperatorsLength())]
 n_bconv = sum(1 for o in ops if o == b"LceBconv2d")
-it = Interpreter(fb, num_threads=1)
-y = np.asarray(it.predict(x))
-for _ in range(3):
-    it.predict(x)
-times = []
-for _ in range(runs):
-    t0 = time.perf_counter()
-    it.predict(x)
-    times.append((time.perf_counter() - t0) * 1e3)
-np.save(sys.argv[2], y)
-print("LCE_RESULT " + json.dumps({"ms": statistics.median(times), "n_bconv": n_bconv}))
+result = {"n_bconv": n_bconv}
+for key, indirect in (("ms", False), ("ms_indirect", True)):
+    it = Interpreter(fb, num_threads=1, use_indirect_bgemm=indirect)
+    y = np.asarray(it.predict(x))
+    if not indirect:
+        np.save(sys.argv[2], y)
+    for _ in range(3):
+        it.predict(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        it.predict(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    result[key] = statistics.median(times)
+print("LCE_RESULT " + json.dumps(result))
 """
 
 
 def bench_lce(
     weights: list[np.ndarray], x: np.ndarray, runs: int
-) -> tuple[float, int, np.ndarray] | None:
+) -> tuple[float, int, np.ndarray, float] | None:
     """Median ms, LceBconv2d count and NCHW output of the stack in the LCE interpreter.
 
     Needs the `larq` extra (tensorflow-cpu, tf-keras, larq, larq-compute-engine, tflite);
@@ -270,7 +274,7 @@ def bench_lce(
             return None
         info = json.loads(lines[-1].split(" ", 1)[1])
         y = np.transpose(np.load(out), (0, 3, 1, 2))
-    return float(info["ms"]), int(info["n_bconv"]), y
+    return float(info["ms"]), int(info["n_bconv"]), y, float(info["ms_indirect"])
 
 
 def main() -> None:
@@ -378,13 +382,14 @@ def main() -> None:
     if lce is None:
         print("(d) LCE: skipped (larq extra not importable)")
     else:
-        t_lce, n_bconv, y_lce = lce
+        t_lce, n_bconv, y_lce, t_lce_indirect = lce
         y_ours = ours.run(None, {"x0": x})[0]
         print(
             f"(d) LCE interpreter (x86 portable kernels):         {t_lce:8.3f} ms  "
             f"({n_bconv} LceBconv2d ops; output == ours pad_value 1: "
             f"{np.array_equal(y_lce, y_ours)}, max |diff| {np.abs(y_lce - y_ours).max()})"
         )
+        print(f"    LCE interpreter, indirect bgemm:                {t_lce_indirect:8.3f} ms")
 
     # per-op overhead of the custom-op route
     tiny_x = rng.standard_normal((1, 32, 1, 1)).astype(np.float32)
