@@ -67,7 +67,12 @@ def convert_tflite(
 
 
 def _run_child(job_dir: Path, timeout: float) -> None:
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # TensorFlow writes temp files (autograph) that only an orderly exit removes; keep them
+    # in the job dir, which the parent deletes even when the child is killed.
+    child_tmp = job_dir / "tmp"
+    child_tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "TMPDIR": str(child_tmp)}  # fmt: skip
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "bnn_export.convert.lce_worker", str(job_dir)],
