@@ -20,6 +20,7 @@ from bnn_export.convert.graph import graph_from_torch
 from bnn_export.convert.onnx_export import to_onnx
 from bnn_export.convert.onnx_ops import BinaryConv2d as ReferenceBinaryConv2d
 from bnn_export.convert.tflite_pipeline import LceServer
+from bnn_export.errors import BnnExportError
 from bnn_export.runtime.runners import LceRunner, OnnxRuntimeRunner, OpenVinoRunner
 from tests.fuzz_models import (
     BlockSpec,
@@ -67,6 +68,10 @@ def tflite_parity(spec: ModelSpec, lce: LceServer) -> None:
     x = inputs(spec, N_INPUTS)
     ref32, ref64 = reference(model, x)
     graph = graph_from_torch(model, input_shape(spec))
+    if any(b.stride > 1 and b.dilation > 1 and b.kernel > 1 for b in spec.blocks):
+        with pytest.raises(BnnExportError, match="has no TFLite equivalent"):
+            lce.convert(graph)
+        return
     data, facts = lce.convert(graph)
     assert facts["binary_ops"] == facts["binary_layers"], facts
     check_parity(LceRunner(data).predict(x), ref32, ref64, "tflite/lce")

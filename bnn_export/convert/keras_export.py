@@ -40,8 +40,33 @@ def _minimal_pads(size: int, k: int, s: int, p: int, d: int) -> tuple[int, int]:
     return p, max(0, (out - 1) * s + span - size - p)
 
 
+def _dilation(a: dict[str, Any]) -> tuple[int, int]:
+    """Dilation where it matters: 1 along a kernel of size 1 (Keras rejects dilation > 1 with
+    stride > 1 even then)."""
+    return (
+        int(a["dilation"][0]) if a["kernel"][0] > 1 else 1,
+        int(a["dilation"][1]) if a["kernel"][1] > 1 else 1,
+    )
+
+
+def check_tflite_exportable(graph: Graph) -> None:
+    """Refuse what Keras/TFLite convolutions cannot express (cheap: no TensorFlow import)."""
+    for n in graph.nodes:
+        if n.op in ("conv", "bconv"):
+            s, d = n.attrs["stride"], _dilation(n.attrs)
+            if max(s) > 1 and max(d) > 1:
+                raise BnnExportError(
+                    f"layer {n.attrs.get('module', n.name)!r}: stride {tuple(s)} together with "
+                    f"dilation {tuple(d)} has no TFLite equivalent (Keras convolutions take one "
+                    "or the other)",
+                    hint="use stride 1 (and pool) or dilation 1 in that layer, or export with "
+                    "--format onnx",
+                )
+
+
 def build_keras_model(graph: Graph) -> tuple[Any, list[str]]:
     """(tf_keras.Model, names of binary layers that stay float convs)."""
+    check_tflite_exportable(graph)
     import larq as lq
     import tensorflow as tf
     import tf_keras as keras
@@ -72,7 +97,7 @@ def build_keras_model(graph: Graph) -> tuple[Any, list[str]]:
                 x = keras.layers.ZeroPadding2D(((ph, ph), (pw, pw)), name=f"{name}_pad")(x)
             layer = keras.layers.Conv2D(
                 a["weight"].shape[0], a["kernel"], strides=a["stride"], padding="valid",
-                dilation_rate=a["dilation"], groups=a["groups"], use_bias=a["bias"] is not None, name=name,
+                dilation_rate=_dilation(a), groups=a["groups"], use_bias=a["bias"] is not None, name=name,
             )  # fmt: skip
             y = layer(x)
             layer_weights.append(
@@ -175,7 +200,7 @@ def _binary(
         y = conv(x)
         layer_weights.append((conv, [_hwio(kernel[:, :, None, None])]))
         return keras.layers.Reshape((kernel.shape[0],), name=f"{name}_flat")(y), False
-    k, s, p, d = a["kernel"], a["stride"], a["padding"], a["dilation"]
+    k, s, p, d = a["kernel"], a["stride"], a["padding"], _dilation(a)
     pad_value = float(a["pad_value"])
     common = dict(filters=kernel.shape[0], kernel_size=k, strides=s, dilation_rate=d, groups=a["groups"],
                   use_bias=False, kernel_quantizer=None, name=name)  # fmt: skip

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bnn_export.convert.graph import graph_from_torch
+from bnn_export.convert.keras_export import check_tflite_exportable
 from bnn_export.convert.source import Source
 from bnn_export.errors import BnnExportError
 
@@ -29,6 +30,7 @@ def convert_tflite(
         job_dir = Path(tmp)
         if source.model is not None:
             graph = graph_from_torch(source.model, source.input_shape)
+            check_tflite_exportable(graph)
             bit_ratios = {
                 n.attrs["module"]: float((n.attrs["weights"].bits == 1).mean())
                 for n in graph.binary_nodes()
@@ -68,7 +70,7 @@ def _facts(data: bytes, result: dict[str, Any]) -> dict[str, Any]:
             "LCE returned a model with no LceBconv2d ops (a silent conversion failure)",
             hint="make sure TF_USE_LEGACY_KERAS=1 and tf-keras 2.16 are in use (`make setup`)",
         )
-    return data, facts
+    return facts
 
 
 def _run_child(job_dir: Path, timeout: float) -> None:
@@ -130,6 +132,7 @@ class LceServer:
     def convert(
         self, graph: Any, metadata: dict[str, Any] | None = None
     ) -> tuple[bytes, dict[str, Any]]:
+        check_tflite_exportable(graph)
         self._count += 1
         job_dir = self._dir / f"job{self._count}"
         job_dir.mkdir()
