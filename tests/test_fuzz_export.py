@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -110,6 +111,18 @@ REGRESSIONS: list[ModelSpec] = [
     # openvino: BinaryConvolution with 1 input channel (any count not a multiple of 8) gave
     # wrong sums; now an exact float conv for the openvino target
     _one_block(),
+    # tflite: LCE's 'same' zero padding (pad value 0) was wrong on a map smaller than the
+    # kernel (3x3 on 2x2); now the explicit sign -> zero pad -> exact float conv path
+    replace(_one_block(kernel=3, stride=1, same=True, out=42), size=2, stem=5, binarizer="ste"),
+    # tflite: grouped binary conv with 9 input channels per group: LCE silently made it a
+    # float CONV_2D (binary-op count mismatch); now reported as a float fallback
+    replace(_one_block(kernel=1, stride=1, groups=2, out=56), size=7, stem=18),
+    # tflite: stride 2 with dilation 2 -> a clear refusal before the LCE child starts
+    replace(
+        _one_block(kernel=3, stride=2, dilation=2, same=True, out=18, groups=2), size=11, stem=16
+    ),  # fmt: skip
+    # tflite: stride 2 with dilation 2 on a 1x1 kernel is fine (dilation is moot there)
+    replace(_one_block(kernel=1, stride=2, dilation=2, out=67), size=6, stem=6),
 ]
 
 

@@ -40,6 +40,10 @@ def _minimal_pads(size: int, k: int, s: int, p: int, d: int) -> tuple[int, int]:
     return p, max(0, (out - 1) * s + span - size - p)
 
 
+#: LceBconv2d supports groups > 1 only with this many input channels per group (a multiple).
+LCE_GROUP_CHANNELS = 32
+
+
 def _dilation(a: dict[str, Any]) -> tuple[int, int]:
     """Dilation where it matters: 1 along a kernel of size 1 (Keras rejects dilation > 1 with
     stride > 1 even then)."""
@@ -205,7 +209,14 @@ def _binary(
     common = dict(filters=kernel.shape[0], kernel_size=k, strides=s, dilation_rate=d, groups=a["groups"],
                   use_bias=False, kernel_quantizer=None, name=name)  # fmt: skip
     same = all(s[i] == 1 and k[i] % 2 == 1 and p[i] == d[i] * (k[i] - 1) // 2 for i in range(2))
-    float_conv = False
+    if same and pad_value == 0.0 and any(in_shape[2 + i] < d[i] * (k[i] - 1) + 1 for i in range(2)):
+        # LCE's zero-padding correction is wrong when the map is smaller than the kernel's
+        # span (e.g. 3x3 'same' on 2x2; found by tests/test_fuzz_export.py): take the
+        # explicit path below (exact float conv over sign(x) padded with zeros)
+        same = False
+    # LCE binarizes grouped convs only with a multiple of 32 input channels per group;
+    # otherwise it silently emits a float CONV_2D over sign(x) (exact, but not 1-bit)
+    float_conv = a["groups"] > 1 and (in_shape[1] // a["groups"]) % LCE_GROUP_CHANNELS != 0
     if not any(p) or same:
         conv = lq.layers.QuantConv2D(input_quantizer="ste_sign", padding="same" if any(p) else "valid",
                                      pad_values=pad_value, **common)  # fmt: skip
