@@ -7,6 +7,7 @@ report behind; the device layer removes its remote temp dirs on every path.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shlex
 import sys
@@ -22,7 +23,7 @@ from bnn_export.bench.latency import LatencySettings
 from bnn_export.bench.model_record import ModelFile, input_shape_of, model_record, open_model_file
 from bnn_export.devices import Device, DeviceError, parse_device_url
 from bnn_export.errors import BnnExportError, unknown_name
-from bnn_export.fileio import write_bytes, write_json, write_text
+from bnn_export.fileio import write_files, write_json
 
 RUNTIME_CHOICES = ("auto", "lce", "onnxruntime", "openvino", "torch")
 _RUNTIMES_FOR = {"checkpoint": ("auto", "torch"), "tflite": ("auto", "lce"),
@@ -302,9 +303,11 @@ def run_bench(
     if report_dir is not None:
         png = plot_png(report)
         directory = Path(report_dir)
-        write_json(directory / "bench.json", report)
-        write_text(directory / "bench.md", table + "\n")
-        write_bytes(directory / "bench.png", png)
+        write_files(directory, {
+            "bench.json": (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
+            "bench.md": (table + "\n").encode(),
+            "bench.png": png,
+        })  # fmt: skip
         written += [str(directory / n) for n in REPORT_FILES]
     return {"report": report, "table": table, "written": written}
 

@@ -62,10 +62,29 @@ def fix_layer_bits(
     rows = (
         scores.reshape(scores.shape[0], -1) if granularity == "channel" else scores.reshape(1, -1)
     )
+    check_ratio_meetable(p, rows.shape[1], granularity)
     bits = ot_sort_bits(rows, p).reshape(scores.shape)
     export = WeightExport(bits, scale.astype(np.float32))
     ratio = verify_ratio(export, p, granularity)
     return export, ratio
+
+
+def check_ratio_meetable(p: float, n: int, granularity: str) -> None:
+    """Refuse a ratio that gives a channel (or layer) of n weights all -1 or all +1 bits.
+
+    round(p*n) = 0 (or = n) would make every weight of the row the same sign: the layer
+    then ignores its input pattern entirely, which is never what a ratio was asked for.
+    """
+    ones = count_of_top(p, n)
+    if ones == 0 or ones == n:
+        sign, need = (
+            ("-1", f"p >= {0.5 / n:.4g}") if ones == 0 else ("+1", f"p < {1 - 0.5 / n:.4g}")
+        )
+        raise BnnExportError(
+            f"bit ratio {p} cannot be met: round({p} * {n}) = {ones} of the {n} weights per "
+            f"{granularity} would be +1, so every weight would be {sign}",
+            hint=f"use a ratio with {need} (n = {n} weights per {granularity}), or --ot-granularity layer",
+        )
 
 
 def verify_ratio(export: WeightExport, p: float, granularity: str) -> LayerRatio:

@@ -52,10 +52,17 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
 
     # np.ascontiguousarray would turn 0-d scalars (e.g. EDE's t) into shape (1,)
     tensors = {k: np.array(v, copy=True, order="C") for k, v in ckpt.tensors.items()}
+    from safetensors import SafetensorError
+
     with atomic_path(path) as tmp:
-        save_file(
-            tensors, str(tmp), metadata={"bnn_export": json.dumps(ckpt.header(), sort_keys=True)}
-        )
+        try:
+            save_file(
+                tensors,
+                str(tmp),
+                metadata={"bnn_export": json.dumps(ckpt.header(), sort_keys=True)},
+            )
+        except SafetensorError as exc:  # its I/O errors (e.g. disk full) are not OSError
+            raise OSError(str(exc).rsplit(": ", 1)[-1]) from None
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:

@@ -7,7 +7,9 @@ on stderr and exit status 2; no traceback unless ``--debug``.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -420,10 +422,27 @@ def list_names(as_json: bool) -> None:
     _emit(result, as_json, "\n".join(lines))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every cleanup path (temp files, child processes) runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        cli.main(args=argv, prog_name="bnn-export", standalone_mode=False)
+        args = list(sys.argv[1:] if argv is None else argv)
+        # not cli.main(): it turns Ctrl-C into click's Abort after printing a blank line
+        with cli.make_context("bnn-export", args) as ctx:
+            cli.invoke(ctx)
     except BnnExportError as exc:
         if debug:
             traceback.print_exc()
@@ -432,14 +451,20 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
         return EXIT_INTERRUPTED
+    except Terminated as exc:
+        click.echo("error: terminated (SIGTERM); no output was written", err=True)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
+        click.echo("error: interrupted; no output was written", err=True)
         return EXIT_INTERRUPTED
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

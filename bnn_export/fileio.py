@@ -115,3 +115,36 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_files(directory: str | os.PathLike[str], files: dict[str, bytes]) -> None:
+    """Write several files into ``directory`` all or nothing.
+
+    Every file is first written to a temporary sibling; only when all are complete are
+    they renamed into place. On failure no new file is left behind, and a directory
+    this call created is removed again. Other files in ``directory`` are never touched.
+    """
+    target = Path(directory)
+    created = not target.exists()
+    _check_parent(target / "x")
+    temps: dict[Path, Path] = {}
+    try:
+        for name, data in files.items():
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target)
+            os.close(fd)
+            temps[Path(tmp_name)] = target / name
+            Path(tmp_name).write_bytes(data)
+            os.chmod(tmp_name, 0o666 & ~_umask())
+        for tmp, final in temps.items():
+            os.replace(tmp, final)
+    except BaseException as exc:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise BnnExportError(
+                f"could not write into {str(target)!r}: {exc.strerror or exc}",
+                hint="check free disk space and permissions of the output path",
+            ) from None
+        raise

@@ -33,6 +33,11 @@ ratios = st.floats(0.01, 0.99)
     granularity=st.sampled_from(["channel", "layer"]),
 )
 def test_fixing_gives_exactly_round_pn_ones(w: np.ndarray, p: float, granularity: str) -> None:
+    n = w.size // w.shape[0] if granularity == "channel" else w.size
+    if count_of_top(p, n) in (0, n):  # every weight would get the same sign: refused
+        with pytest.raises(BnnExportError, match="cannot be met"):
+            fix_layer_bits(w, np.ones(w.shape[0], np.float32), p, granularity)
+        return
     export, ratio = fix_layer_bits(w, np.ones(w.shape[0], np.float32), p, granularity)
     rows = (
         export.bits.reshape(w.shape[0], -1)

@@ -40,8 +40,37 @@ def _minimal_pads(size: int, k: int, s: int, p: int, d: int) -> tuple[int, int]:
     return p, max(0, (out - 1) * s + span - size - p)
 
 
+#: LceBconv2d supports groups > 1 only with this many input channels per group (a multiple).
+LCE_GROUP_CHANNELS = 32
+
+
+def _dilation(a: dict[str, Any]) -> tuple[int, int]:
+    """Dilation where it matters: 1 along a kernel of size 1 (Keras rejects dilation > 1 with
+    stride > 1 even then)."""
+    return (
+        int(a["dilation"][0]) if a["kernel"][0] > 1 else 1,
+        int(a["dilation"][1]) if a["kernel"][1] > 1 else 1,
+    )
+
+
+def check_tflite_exportable(graph: Graph) -> None:
+    """Refuse what Keras/TFLite convolutions cannot express (cheap: no TensorFlow import)."""
+    for n in graph.nodes:
+        if n.op in ("conv", "bconv"):
+            s, d = n.attrs["stride"], _dilation(n.attrs)
+            if max(s) > 1 and max(d) > 1:
+                raise BnnExportError(
+                    f"layer {n.attrs.get('module', n.name)!r}: stride {tuple(s)} together with "
+                    f"dilation {tuple(d)} has no TFLite equivalent (Keras convolutions take one "
+                    "or the other)",
+                    hint="use stride 1 (and pool) or dilation 1 in that layer, or export with "
+                    "--format onnx",
+                )
+
+
 def build_keras_model(graph: Graph) -> tuple[Any, list[str]]:
     """(tf_keras.Model, names of binary layers that stay float convs)."""
+    check_tflite_exportable(graph)
     import larq as lq
     import tensorflow as tf
     import tf_keras as keras
@@ -72,7 +101,7 @@ def build_keras_model(graph: Graph) -> tuple[Any, list[str]]:
                 x = keras.layers.ZeroPadding2D(((ph, ph), (pw, pw)), name=f"{name}_pad")(x)
             layer = keras.layers.Conv2D(
                 a["weight"].shape[0], a["kernel"], strides=a["stride"], padding="valid",
-                dilation_rate=a["dilation"], groups=a["groups"], use_bias=a["bias"] is not None, name=name,
+                dilation_rate=_dilation(a), groups=a["groups"], use_bias=a["bias"] is not None, name=name,
             )  # fmt: skip
             y = layer(x)
             layer_weights.append(
@@ -175,12 +204,19 @@ def _binary(
         y = conv(x)
         layer_weights.append((conv, [_hwio(kernel[:, :, None, None])]))
         return keras.layers.Reshape((kernel.shape[0],), name=f"{name}_flat")(y), False
-    k, s, p, d = a["kernel"], a["stride"], a["padding"], a["dilation"]
+    k, s, p, d = a["kernel"], a["stride"], a["padding"], _dilation(a)
     pad_value = float(a["pad_value"])
     common = dict(filters=kernel.shape[0], kernel_size=k, strides=s, dilation_rate=d, groups=a["groups"],
                   use_bias=False, kernel_quantizer=None, name=name)  # fmt: skip
     same = all(s[i] == 1 and k[i] % 2 == 1 and p[i] == d[i] * (k[i] - 1) // 2 for i in range(2))
-    float_conv = False
+    if same and pad_value == 0.0 and any(in_shape[2 + i] < d[i] * (k[i] - 1) + 1 for i in range(2)):
+        # LCE's zero-padding correction is wrong when the map is smaller than the kernel's
+        # span (e.g. 3x3 'same' on 2x2; found by tests/test_fuzz_export.py): take the
+        # explicit path below (exact float conv over sign(x) padded with zeros)
+        same = False
+    # LCE binarizes grouped convs only with a multiple of 32 input channels per group;
+    # otherwise it silently emits a float CONV_2D over sign(x) (exact, but not 1-bit)
+    float_conv = a["groups"] > 1 and (in_shape[1] // a["groups"]) % LCE_GROUP_CHANNELS != 0
     if not any(p) or same:
         conv = lq.layers.QuantConv2D(input_quantizer="ste_sign", padding="same" if any(p) else "valid",
                                      pad_values=pad_value, **common)  # fmt: skip

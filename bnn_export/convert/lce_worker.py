@@ -4,6 +4,10 @@ LCE's converter can abort the whole process, so the CLI runs it here. JOB_DIR ho
 ``job.json`` ({"kind": "graph"|"checkpoint", "metadata": {...}}) and either ``graph.pkl``
 (an export graph written by the parent in this private temp dir) or the checkpoint path;
 the child writes ``model.tflite`` and ``result.json``.
+
+``python -m bnn_export.convert.lce_worker --serve`` converts many jobs in one process
+(one TensorFlow import): it reads one JOB_DIR per line on stdin and answers ``ok`` or
+``error <message>`` per line on stdout (used to batch conversions, e.g. in fuzz tests).
 """
 
 from __future__ import annotations
@@ -38,7 +42,27 @@ def add_metadata(flatbuffer: bytes, name: str, payload: bytes) -> bytes:
 
 
 def main(job_dir: str) -> int:
-    job_path = Path(job_dir)
+    run_job(Path(job_dir))
+    return 0
+
+
+def serve() -> int:
+    """Convert the job dirs named on stdin, one per line; answer one line each."""
+    for line in sys.stdin:
+        job_dir = line.strip()
+        if not job_dir:
+            continue
+        try:
+            run_job(Path(job_dir))
+            answer = "ok"
+        except Exception as exc:  # noqa: BLE001 -- reported to the parent, which decides
+            answer = "error " + f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
+        sys.stdout.write(answer + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def run_job(job_path: Path) -> None:
     job: dict[str, Any] = json.loads((job_path / "job.json").read_text())
     import larq_compute_engine as lce
 
@@ -71,8 +95,7 @@ def main(job_dir: str) -> int:
     (job_path / "result.json").write_text(
         json.dumps({"binary_layers": binary_layers, "fallbacks": fallbacks})
     )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(serve() if sys.argv[1] == "--serve" else main(sys.argv[1]))

@@ -32,6 +32,22 @@ OPENVINO_DOMAIN = "org.openvinotoolkit"
 #: -2^-22, so x == 0 maps to +1 like everywhere else (a symmetric range maps 0 to -1);
 #: inputs in (-2^-22, 0) also map to +1 there, a documented deviation.
 OPENVINO_FQ_LOW, OPENVINO_FQ_HIGH = -(2.0**-20), 2.0**-21
+#: OpenVINO's CPU BinaryConvolution computes wrong sums when the input channels per group
+#: are not a multiple of 8 (found by tests/test_fuzz_export.py, openvino 2025); such layers
+#: are exported as an exact float Conv over sign(x) instead (integer sums, no rounding).
+OPENVINO_CHANNEL_MULTIPLE = 8
+
+
+def openvino_float_layers(graph: Graph) -> list[str]:
+    """Binary layers the openvino target keeps as exact float convs (see above)."""
+    shapes = graph.shapes()
+    return [n.attrs.get("module", n.name) for n in graph.binary_nodes()
+            if not _openvino_binary_ok(n, shapes[n.inputs[0]])]  # fmt: skip
+
+
+def _openvino_binary_ok(n: Node, in_shape: tuple[int, ...]) -> bool:
+    groups = 1 if n.op == "blinear" else int(n.attrs["groups"])
+    return (in_shape[1] // groups) % OPENVINO_CHANNEL_MULTIPLE == 0
 
 
 class _Builder:
@@ -219,7 +235,7 @@ def _emit_binary(
         ))  # fmt: skip
         y = f"{name}_y" if linear else name
     else:
-        if b.target == "openvino":
+        if b.target == "openvino" and _openvino_binary_ok(n, in_shape):
             lo, hi = (
                 b.const(f"{name}_fq_in_lo", np.float32(OPENVINO_FQ_LOW)),
                 b.const(f"{name}_fq_in_hi", np.float32(OPENVINO_FQ_HIGH)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bnn_export.convert.graph import graph_from_torch
-from bnn_export.convert.onnx_export import to_onnx
+from bnn_export.convert.onnx_export import openvino_float_layers, to_onnx
 from bnn_export.convert.source import Source
 from bnn_export.errors import BnnExportError
 
@@ -25,9 +25,11 @@ def convert_onnx(source: Source, *, target: str) -> tuple[bytes, dict[str, Any]]
     model = to_onnx(graph, target=target, metadata=source.metadata(bit_ratios))
     op = {"onnxruntime": "BinaryConv2d", "openvino": "FakeQuantize"}.get(target)
     found = sum(1 for n in model.graph.node if n.op_type == op) if op else len(graph.binary_nodes())
+    fallbacks = openvino_float_layers(graph) if target == "openvino" else []
     facts = {
-        "binary_layers": len(graph.binary_nodes()),
+        "binary_layers": len(graph.binary_nodes()) - len(fallbacks),
         "binary_ops": found,
         "binary_op": op or "sign+Conv",
+        "float_fallbacks": fallbacks,
     }
     return model.SerializeToString(), facts

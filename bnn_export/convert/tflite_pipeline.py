@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bnn_export.convert.graph import graph_from_torch
+from bnn_export.convert.keras_export import check_tflite_exportable
 from bnn_export.convert.source import Source
 from bnn_export.errors import BnnExportError
 
@@ -24,12 +26,11 @@ def convert_tflite(
     source: Source, *, timeout: float = CONVERT_TIMEOUT_S
 ) -> tuple[bytes, dict[str, Any]]:
     """(.tflite bytes, facts: LceBconv2d count vs binary layers, float fallbacks)."""
-    from bnn_export.inspect_artifact import tflite_op_names
-
     with tempfile.TemporaryDirectory(prefix="bnn-export-lce-") as tmp:
         job_dir = Path(tmp)
         if source.model is not None:
             graph = graph_from_torch(source.model, source.input_shape)
+            check_tflite_exportable(graph)
             bit_ratios = {
                 n.attrs["module"]: float((n.attrs["weights"].bits == 1).mean())
                 for n in graph.binary_nodes()
@@ -50,6 +51,12 @@ def convert_tflite(
         _run_child(job_dir, timeout)
         data = (job_dir / "model.tflite").read_bytes()
         result = json.loads((job_dir / "result.json").read_text())
+    return data, _facts(data, result)
+
+
+def _facts(data: bytes, result: dict[str, Any]) -> dict[str, Any]:
+    from bnn_export.inspect_artifact import tflite_op_names
+
     ops = Counter(tflite_op_names(data))
     facts = {
         "binary_layers": result["binary_layers"] - len(result["fallbacks"]),
@@ -63,11 +70,14 @@ def convert_tflite(
             "LCE returned a model with no LceBconv2d ops (a silent conversion failure)",
             hint="make sure TF_USE_LEGACY_KERAS=1 and tf-keras 2.16 are in use (`make setup`)",
         )
-    return data, facts
+    return facts
 
 
 def _run_child(job_dir: Path, timeout: float) -> None:
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # TensorFlow writes temp files (autograph) that only an orderly exit removes; keep them
+    # in the job dir, which the parent deletes even when the child is killed.
+    child_tmp = job_dir / "tmp"
+    env = _child_env(child_tmp)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "bnn_export.convert.lce_worker", str(job_dir)],
@@ -83,3 +93,79 @@ def _run_child(job_dir: Path, timeout: float) -> None:
             f"the LCE converter {how}:\n{tail}",
             hint="rerun with --debug; if the model has unusual layers, try --format onnx",
         )
+
+
+def _child_env(child_tmp: Path) -> dict[str, str]:
+    child_tmp.mkdir(exist_ok=True)
+    return {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+            "TMPDIR": str(child_tmp)}  # fmt: skip
+
+
+class LceServer:
+    """One LCE child process converting many export graphs (one TensorFlow import).
+
+    ``with LceServer() as lce: data, facts = lce.convert(graph)``. A graph the converter
+    rejects raises BnnExportError; if the child dies (LCE can abort the process), it is
+    restarted for the next graph.
+    """
+
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="bnn-export-lce-server-"))
+        self._proc: subprocess.Popen[str] | None = None
+        self._count = 0
+
+    def __enter__(self) -> LceServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _child(self) -> subprocess.Popen[str]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "bnn_export.convert.lce_worker", "--serve"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                text=True, env=_child_env(self._dir / "tmp"),
+            )  # fmt: skip
+        return self._proc
+
+    def convert(
+        self, graph: Any, metadata: dict[str, Any] | None = None
+    ) -> tuple[bytes, dict[str, Any]]:
+        check_tflite_exportable(graph)
+        self._count += 1
+        job_dir = self._dir / f"job{self._count}"
+        job_dir.mkdir()
+        try:
+            with (job_dir / "graph.pkl").open("wb") as f:
+                pickle.dump(graph, f)
+            (job_dir / "job.json").write_text(
+                json.dumps({"kind": "graph", "metadata": metadata or {}})
+            )
+            proc = self._child()
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(f"{job_dir}\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline().strip()
+            if not answer:
+                code = proc.wait(timeout=60)
+                raise BnnExportError(f"the LCE converter process died (status {code})")
+            if answer != "ok":
+                raise BnnExportError(f"the LCE converter failed: {answer.removeprefix('error ')}")
+            data = (job_dir / "model.tflite").read_bytes()
+            result = json.loads((job_dir / "result.json").read_text())
+        finally:
+            shutil.rmtree(job_dir, ignore_errors=True)
+        return data, _facts(data, result)
+
+    def close(self) -> None:
+        if self._proc is not None:
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,206 @@
+"""Random small architectures from the supported layer set, for export-parity fuzzing.
+
+``model_specs()`` is a hypothesis strategy of ``ModelSpec``s (always shape-valid);
+``build_model(spec)`` turns one into a torch ``nn.Module`` that ``graph_from_torch``
+traces, with random weights, a lazily initialized binarizer and batch-norm statistics
+estimated on random inputs, so every layer sees realistic values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+from torch import nn
+
+from bnn_export.binarizers import BinarizerConfig, get
+from bnn_export.models.layers import BinaryConv2d, BinaryLinear
+from bnn_export.train_torch import recalibrate_batchnorm
+
+BINARIZERS: dict[str, BinarizerConfig] = {
+    "ste": get("ste"),
+    "irnet": get("irnet"),
+    "siman": get("siman"),
+    "equal_bits": get("equal_bits", bit_ratio=0.4),
+    "sdbnn-se": get("sdbnn"),
+    "sdbnn-static": get("sdbnn", activation="static"),
+    "gwt": get("gwt"),
+}
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Binary conv -> batch norm [-> + input] [-> pooling]."""
+
+    out: int
+    kernel: int
+    stride: int
+    dilation: int
+    same: bool  # padding d*(k-1)//2, else none
+    groups: int
+    pad_value: float
+    residual: bool
+    pool: str  # "none" | "max" | "avg"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    in_channels: int
+    size: int
+    stem: int  # channels of the float first conv
+    blocks: tuple[BlockSpec, ...]
+    head: str  # "gap": GAP + float linear; "blinear": flatten + binary linear + BN + float linear
+    hidden: int
+    binarizer: str
+    seed: int
+
+
+def _out(h: int, k: int, s: int, p: int, d: int) -> int:
+    return (h + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+@st.composite
+def model_specs(draw: st.DrawFn) -> ModelSpec:
+    in_channels = draw(st.sampled_from([1, 3]))
+    size = draw(st.integers(5, 12))
+    stem = draw(st.integers(1, 40))
+    blocks = []
+    channels, h = stem, size
+    for _ in range(draw(st.integers(1, 3))):
+        out = draw(st.integers(1, 70))
+        kernel = draw(st.sampled_from([1, 3, 5]))
+        dilation = draw(st.sampled_from([1, 2]))
+        stride = draw(st.sampled_from([1, 2]))
+        same = draw(st.booleans())
+        pad = dilation * (kernel - 1) // 2 if same else 0
+        if _out(h, kernel, stride, pad, dilation) < 1:
+            kernel, dilation, pad = 1, 1, 0
+        groups = draw(
+            st.sampled_from([g for g in (1, 2, 3, 4) if channels % g == 0 and out % g == 0])
+        )
+        residual = stride == 1 and (same or kernel == 1) and out == channels and draw(st.booleans())
+        h = _out(h, kernel, stride, pad, dilation)
+        pool = draw(st.sampled_from(["none", "max", "avg"])) if h >= 4 else "none"
+        if pool != "none":
+            h = (h - 2) // 2 + 1
+        blocks.append(BlockSpec(out, kernel, stride, dilation, same, groups,
+                                draw(st.sampled_from([0.0, 1.0])), residual, pool))  # fmt: skip
+        channels = out
+    return ModelSpec(
+        in_channels=in_channels, size=size, stem=stem, blocks=tuple(blocks),
+        head=draw(st.sampled_from(["gap", "blinear"])), hidden=draw(st.integers(1, 40)),
+        binarizer=draw(st.sampled_from(sorted(BINARIZERS))), seed=draw(st.integers(0, 2**16)),
+    )  # fmt: skip
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, b: BlockSpec, config: BinarizerConfig) -> None:
+        super().__init__()
+        pad = b.dilation * (b.kernel - 1) // 2 if b.same else 0
+        self.conv = BinaryConv2d(cin, b.out, b.kernel, binarizer=config, stride=b.stride,
+                                 padding=pad, dilation=b.dilation, groups=b.groups,
+                                 pad_value=b.pad_value)  # fmt: skip
+        self.bn = nn.BatchNorm2d(b.out)
+        self.residual = b.residual
+        self.pool: nn.Module = {"none": nn.Identity(), "max": nn.MaxPool2d(2),
+                                "avg": nn.AvgPool2d(2)}[b.pool]  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        if self.residual:
+            y = y + x
+        return self.pool(y)
+
+
+class FuzzNet(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        config = BINARIZERS[spec.binarizer]
+        self.stem = nn.Conv2d(spec.in_channels, spec.stem, 3, padding=1)
+        self.stem_bn = nn.BatchNorm2d(spec.stem)
+        blocks, channels, h = [], spec.stem, spec.size
+        for b in spec.blocks:
+            blocks.append(Block(channels, b, config))
+            pad = b.dilation * (b.kernel - 1) // 2 if b.same else 0
+            h = _out(h, b.kernel, b.stride, pad, b.dilation)
+            h = h if b.pool == "none" else (h - 2) // 2 + 1
+            channels = b.out
+        self.blocks = nn.Sequential(*blocks)
+        self.head: nn.Module
+        if spec.head == "gap":
+            self.head = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)
+            )
+        else:
+            self.head = nn.Sequential(
+                nn.Flatten(), BinaryLinear(channels * h * h, spec.hidden, binarizer=config),
+                nn.BatchNorm1d(spec.hidden), nn.Linear(spec.hidden, 10),
+            )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem_bn(self.stem(x))))
+
+
+def input_shape(spec: ModelSpec) -> tuple[int, int, int]:
+    return (spec.in_channels, spec.size, spec.size)
+
+
+def inputs(spec: ModelSpec, n: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(spec.seed + seed)
+    return rng.uniform(-1, 1, (n, *input_shape(spec))).astype(np.float32)
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """The spec as a torch model with random weights and estimated BN statistics (eval mode)."""
+    torch.manual_seed(spec.seed)
+    model = FuzzNet(spec)
+    calib = inputs(spec, 64, seed=2)
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(calib))  # lazy init (SiMaN alpha)
+        for m in model.modules():  # random, non-trivial learned parameters
+            if hasattr(m, "alpha") and isinstance(m.alpha, nn.Parameter):
+                m.alpha.uniform_(-2, 2)
+            if hasattr(m, "beta") and isinstance(m.beta, nn.Parameter):
+                m.beta.uniform_(-2, 2)
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    recalibrate_batchnorm(model, calib)
+    model.eval()
+    return model
+
+
+def reference(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 logits, float64 logits) of the torch model."""
+    with torch.no_grad():
+        ref32 = model(torch.from_numpy(x)).numpy()
+        ref64 = model.double()(torch.from_numpy(x).double()).numpy()
+    model.float()
+    return ref32, ref64
+
+
+def check_parity(got: np.ndarray, ref32: np.ndarray, ref64: np.ndarray, what: str) -> None:
+    """Exported logits vs the torch model, per sample.
+
+    Binary layers compute exactly; float layers round differently, and a rounding change
+    can flip a sign right at 0 before a binary layer. The float64 model is the yardstick:
+    samples where float32 and float64 torch already disagree are unstable and skipped;
+    of the stable ones, at least 90% must match to 1e-3 relative (a bug in a layer hits
+    nearly every sample), and all of them when the model has no room for flips.
+    """
+    scale = max(1.0, float(np.abs(ref64).max()))
+    tol = 1e-3 * scale
+    assert got.shape == ref32.shape, f"{what}: output shape {got.shape} != {ref32.shape}"
+    assert np.isfinite(got).all(), f"{what}: non-finite outputs"
+    stable = np.abs(ref32 - ref64).max(axis=1) <= tol
+    close = np.abs(got - ref32).max(axis=1) <= tol
+    n_stable = int(stable.sum())
+    assert n_stable >= len(got) // 2, f"{what}: only {n_stable} stable samples (model too chaotic)"
+    frac = float(close[stable].mean())
+    worst = float(np.abs(got - ref32)[stable].max())
+    assert frac >= 0.9, (
+        f"{what}: {frac:.0%} of {n_stable} stable samples match (max |diff| {worst:.3g}, tol {tol:.3g})"
+    )

@@ -1,0 +1,186 @@
+"""Property-based export parity: random small architectures (tests/fuzz_models.py) exported
+to ONNX (onnxruntime, openvino and reference targets) and to TFLite (LCE) must compute what
+the torch model computes.
+
+Derandomized with a fixed number of examples (CI: ONNX_EXAMPLES + TFLITE_EXAMPLES models);
+``BNN_FUZZ_EXAMPLES=N`` runs N models per converter (randomized when ``BNN_FUZZ_SEEDED=0``).
+All TFLite conversions of a run share one LCE child process (``LceServer``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from bnn_export.convert.graph import graph_from_torch
+from bnn_export.convert.onnx_export import to_onnx
+from bnn_export.convert.onnx_ops import BinaryConv2d as ReferenceBinaryConv2d
+from bnn_export.convert.tflite_pipeline import LceServer
+from bnn_export.errors import BnnExportError
+from bnn_export.runtime.runners import LceRunner, OnnxRuntimeRunner, OpenVinoRunner
+from tests.fuzz_models import (
+    BlockSpec,
+    ModelSpec,
+    build_model,
+    check_parity,
+    input_shape,
+    inputs,
+    model_specs,
+    reference,
+)
+
+ONNX_EXAMPLES = int(os.environ.get("BNN_FUZZ_EXAMPLES", 120))
+TFLITE_EXAMPLES = int(os.environ.get("BNN_FUZZ_EXAMPLES", 100))
+SEEDED = os.environ.get("BNN_FUZZ_SEEDED", "1") != "0"
+N_INPUTS = 24
+
+
+def _settings(n: int) -> settings:
+    return settings(max_examples=n, derandomize=SEEDED, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                    print_blob=True)  # fmt: skip
+
+
+def onnx_parity(spec: ModelSpec) -> None:
+    model = build_model(spec)
+    x = inputs(spec, N_INPUTS)
+    ref32, ref64 = reference(model, x)
+    graph = graph_from_torch(model, input_shape(spec))
+    for target in ("onnxruntime", "openvino", "reference"):
+        proto = to_onnx(graph, target=target)
+        data = proto.SerializeToString()
+        runner = OpenVinoRunner(data) if target == "openvino" else OnnxRuntimeRunner(data)
+        check_parity(runner.predict(x), ref32, ref64, f"onnx/{target}")
+    # the numpy reference of our op, in onnx's ReferenceEvaluator, on a few inputs
+    from onnx.reference import ReferenceEvaluator
+
+    proto = to_onnx(graph, target="onnxruntime")
+    got = ReferenceEvaluator(proto, new_ops=[ReferenceBinaryConv2d]).run(None, {"input": x[:4]})[0]
+    check_parity(np.asarray(got), ref32[:4], ref64[:4], "onnx.reference evaluator")
+
+
+def tflite_parity(spec: ModelSpec, lce: LceServer) -> None:
+    model = build_model(spec)
+    x = inputs(spec, N_INPUTS)
+    ref32, ref64 = reference(model, x)
+    graph = graph_from_torch(model, input_shape(spec))
+    if any(b.stride > 1 and b.dilation > 1 and b.kernel > 1 for b in spec.blocks):
+        with pytest.raises(BnnExportError, match="has no TFLite equivalent"):
+            lce.convert(graph)
+        return
+    data, facts = lce.convert(graph)
+    assert facts["binary_ops"] == facts["binary_layers"], facts
+    check_parity(LceRunner(data).predict(x), ref32, ref64, "tflite/lce")
+
+
+@pytest.fixture(scope="module")
+def lce() -> Iterator[LceServer]:
+    with LceServer() as server:
+        yield server
+
+
+@_settings(ONNX_EXAMPLES)
+@given(spec=model_specs())
+def test_fuzz_onnx_parity(spec: ModelSpec) -> None:
+    onnx_parity(spec)
+
+
+@_settings(TFLITE_EXAMPLES)
+@given(spec=model_specs())
+def test_fuzz_tflite_parity(spec: ModelSpec, lce: LceServer) -> None:
+    tflite_parity(spec, lce)
+
+
+# -- regressions the fuzzer found (shrunk), kept as explicit cases ------------------------
+
+
+def _one_block(**block: object) -> ModelSpec:
+    b: dict[str, object] = dict(out=1, kernel=1, stride=2, dilation=1, same=False, groups=1,
+                                pad_value=0.0, residual=False, pool="none")  # fmt: skip
+    b.update(block)
+    return ModelSpec(in_channels=1, size=5, stem=1, blocks=(BlockSpec(**b),),  # type: ignore[arg-type]
+                     head="gap", hidden=1, binarizer="equal_bits", seed=0)  # fmt: skip
+
+
+REGRESSIONS: list[ModelSpec] = [
+    # openvino: BinaryConvolution with 1 input channel (any count not a multiple of 8) gave
+    # wrong sums; now an exact float conv for the openvino target
+    _one_block(),
+    # tflite: LCE's 'same' zero padding (pad value 0) was wrong on a map smaller than the
+    # kernel (3x3 on 2x2); now the explicit sign -> zero pad -> exact float conv path
+    replace(_one_block(kernel=3, stride=1, same=True, out=42), size=2, stem=5, binarizer="ste"),
+    # tflite: grouped binary conv with 9 input channels per group: LCE silently made it a
+    # float CONV_2D (binary-op count mismatch); now reported as a float fallback
+    replace(_one_block(kernel=1, stride=1, groups=2, out=56), size=7, stem=18),
+    # tflite: stride 2 with dilation 2 -> a clear refusal before the LCE child starts
+    replace(
+        _one_block(kernel=3, stride=2, dilation=2, same=True, out=18, groups=2), size=11, stem=16
+    ),  # fmt: skip
+    # openvino: "Layout rank can't be larger than tensor rank" compiling with 1 thread
+    # (its snippets compiler); the runner now retries with snippets disabled
+    replace(_one_block(out=5, dilation=2), head="blinear", binarizer="sdbnn-se", seed=2),
+    # tflite: stride 2 with dilation 2 on a 1x1 kernel is fine (dilation is moot there)
+    replace(_one_block(kernel=1, stride=2, dilation=2, out=67), size=6, stem=6),
+]
+
+
+def _b(out: int, stride: int = 1, groups: int = 1) -> BlockSpec:
+    return BlockSpec(out, 1, stride, 1, False, groups, 0.0, False, "none")
+
+
+#: Found with BNN_FUZZ_EXAMPLES=300, not fixed yet (tiny channel counts in LCE): strict
+#: xfail, so a fix shows up as XPASS. See docs/reliability.md.
+OPEN_TFLITE: list[ModelSpec] = [
+    # LCE interpreter: AllocateTensors() fails (grouped 1x1 bconv, 1 output per group)
+    ModelSpec(1, 5, 1, (_b(64, stride=2), _b(2, groups=2)), "gap", 1, "equal_bits", 0),
+    # LceBconv2d count 1 for 2 binary layers (a 1- or 2-channel bconv left float, undeclared)
+    ModelSpec(1, 5, 1, (_b(2, stride=2), _b(1)), "gap", 1, "irnet", 0),
+    # "LCE returned a model with no LceBconv2d ops": a 1-in, 1-out bconv
+    ModelSpec(1, 5, 1, (_b(1),), "gap", 1, "irnet", 0),
+]
+
+
+@pytest.mark.xfail(strict=True, reason="open: LCE with 1-2 channel binary convs")
+@pytest.mark.parametrize("spec", OPEN_TFLITE)
+def test_fuzz_open_tflite(spec: ModelSpec, lce: LceServer) -> None:
+    tflite_parity(spec, lce)
+
+
+@pytest.mark.parametrize("spec", REGRESSIONS)
+def test_fuzz_regression_onnx(spec: ModelSpec) -> None:
+    onnx_parity(spec)
+
+
+@pytest.mark.parametrize("spec", REGRESSIONS)
+def test_fuzz_regression_tflite(spec: ModelSpec, lce: LceServer) -> None:
+    tflite_parity(spec, lce)
+
+
+def test_generator_covers_the_layer_set() -> None:
+    """The strategy reaches every option the issue lists (checked on the examples it draws)."""
+    seen: dict[str, set[object]] = {k: set() for k in
+                                    ("kernel", "stride", "dilation", "groups", "pad_value",
+                                     "residual", "pool", "head", "binarizer", "odd_channels")}  # fmt: skip
+
+    @settings(max_examples=300, derandomize=True, deadline=None, database=None)
+    @given(spec=model_specs())
+    def collect(spec: ModelSpec) -> None:
+        seen["head"].add(spec.head)
+        seen["binarizer"].add(spec.binarizer)
+        for b in spec.blocks:
+            assert isinstance(b, BlockSpec)
+            for k in ("kernel", "stride", "dilation", "groups", "pad_value", "residual", "pool"):
+                seen[k].add(getattr(b, k))
+            seen["odd_channels"].add(b.out % 32 != 0)
+
+    collect()
+    assert seen["kernel"] == {1, 3, 5} and seen["stride"] == {1, 2}
+    assert seen["dilation"] == {1, 2} and {1, 2, 3, 4} <= seen["groups"]
+    assert seen["pad_value"] == {0.0, 1.0} and seen["residual"] == {True, False}
+    assert seen["pool"] == {"none", "max", "avg"} and seen["head"] == {"gap", "blinear"}
+    assert len(seen["binarizer"]) == 7 and True in seen["odd_channels"]
