@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from bnn_export import binarizers
-from bnn_export.binarizers import get
+from bnn_export.binarizers import ede_schedule, get
 from bnn_export.binarizers import torch_impl as bz
 from bnn_export.binarizers.exports import ActivationExport
 from bnn_export.errors import BnnExportError
@@ -60,9 +60,9 @@ def test_irnet_standardizes_and_uses_power_of_two_scale() -> None:
 
 
 def test_ede_schedule_values_and_gradient() -> None:
-    assert bz.ede_schedule(0, 10, 0.1, 10.0) == pytest.approx((0.1, 10.0))
-    assert bz.ede_schedule(5, 10, 0.1, 10.0) == pytest.approx((1.0, 1.0))
-    assert bz.ede_schedule(9, 10, 0.1, 10.0) == pytest.approx((0.1 * 10**1.8, 1.0))
+    assert ede_schedule(0, 10, 0.1, 10.0) == pytest.approx((0.1, 10.0))
+    assert ede_schedule(5, 10, 0.1, 10.0) == pytest.approx((1.0, 1.0))
+    assert ede_schedule(9, 10, 0.1, 10.0) == pytest.approx((0.1 * 10**1.8, 1.0))
     act = bz.activation_quantizer(get("irnet"), 3)
     act.set_schedule(5, 10)  # t = 1, k = 1
     x = torch.tensor([0.0, 0.5, -2.0], requires_grad=True)

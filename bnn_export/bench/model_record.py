@@ -76,10 +76,7 @@ def checkpoint_facts(model: ModelFile) -> tuple[dict[str, Any], dict[str, Any]]:
 
     c, h, w = ckpt.arch["kwargs"]["input_shape"]
     graph = graph_from_torch(torch_model_from_checkpoint(ckpt), (int(c), int(h), int(w)))
-    meta["bit_ratios"] = {
-        n.attrs["module"]: float((n.attrs["weights"].bits == 1).mean())
-        for n in graph.binary_nodes()
-    }
+    meta["bit_ratios"] = graph.bit_ratios()
     return meta, macs.count_graph(graph)
 
 

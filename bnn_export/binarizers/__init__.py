@@ -57,6 +57,13 @@ def count_of_top(p: float, n: int) -> int:
     return math.floor(p * n + 0.5)
 
 
+def ede_schedule(epoch: int, epochs: int, t_min: float, t_max: float) -> tuple[float, float]:
+    """IR-Net/SD-BNN's EDE schedule: t = T_min * 10^(e/E * log10(T_max/T_min)),
+    k = max(1/t, 1). Pure Python, shared by both backends."""
+    t = t_min * 10 ** (epoch / max(epochs, 1) * math.log10(t_max / t_min))
+    return float(t), float(max(1.0 / t, 1.0))
+
+
 def _check_ede(p: dict[str, Any]) -> None:
     _positive("t_min", p["t_min"])
     _positive("t_max", p["t_max"])

@@ -23,7 +23,7 @@ import tensorflow as tf
 from larq import quantizers as lq_quantizers
 from larq import utils as lq_utils
 
-from bnn_export.binarizers import BinarizerConfig
+from bnn_export.binarizers import BinarizerConfig, ede_schedule
 from bnn_export.binarizers import get as get_binarizer
 from bnn_export.binarizers import larq_math as lm
 from bnn_export.binarizers.exports import ActivationExport, WeightExport
@@ -202,12 +202,12 @@ class _EdeMixin:
     ede_k: tf.Variable
 
     def _build_ede(self) -> None:
-        t, k = lm.ede_schedule(0, 1, self.params["t_min"], self.params["t_max"])
+        t, k = ede_schedule(0, 1, self.params["t_min"], self.params["t_max"])
         self.ede_t = _scalar("ede_t", t, self)  # type: ignore[arg-type]
         self.ede_k = _scalar("ede_k", k, self)  # type: ignore[arg-type]
 
     def set_schedule(self, epoch: int, epochs: int) -> None:
-        t, k = lm.ede_schedule(epoch, epochs, self.params["t_min"], self.params["t_max"])
+        t, k = ede_schedule(epoch, epochs, self.params["t_min"], self.params["t_max"])
         self.ede_t.assign(t)
         self.ede_k.assign(k)
 

@@ -50,12 +50,6 @@ def ede_sign(x: tf.Tensor, t: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
     return _call(x)
 
 
-def ede_schedule(epoch: int, epochs: int, t_min: float, t_max: float) -> tuple[float, float]:
-    """t = T_min * 10^(e/E * log10(T_max/T_min)), k = max(1/t, 1)."""
-    t = t_min * 10 ** (epoch / max(epochs, 1) * math.log10(t_max / t_min))
-    return float(t), float(max(1.0 / t, 1.0))
-
-
 def torch_rows(kernel: tf.Tensor) -> tf.Tensor:
     """Keras kernel (kh, kw, I, O) or (I, O) -> [O, n] rows in PyTorch's (I, kh, kw) order,
     so order-dependent steps (tie breaks in sorts) match the PyTorch backend exactly."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bnn_export.binarizers import BinarizerConfig, count_of_top
+from bnn_export.binarizers import BinarizerConfig, count_of_top, ede_schedule
 from bnn_export.binarizers.exports import ActivationExport, WeightExport
 
 
@@ -186,12 +186,6 @@ class _EdeSign(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         x, t, k = ctx.saved_tensors
         return grad * k * t * (1 - torch.tanh(t * x) ** 2), None, None
-
-
-def ede_schedule(epoch: int, epochs: int, t_min: float, t_max: float) -> tuple[float, float]:
-    """t = T_min * 10^(e/E * log10(T_max/T_min)), k = max(1/t, 1)."""
-    t = t_min * 10 ** (epoch / max(epochs, 1) * np.log10(t_max / t_min))
-    return float(t), float(max(1.0 / t, 1.0))
 
 
 class _EdeMixin(nn.Module):

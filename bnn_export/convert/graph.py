@@ -54,6 +54,13 @@ class Graph:
     def binary_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.op in ("bconv", "blinear")]
 
+    def bit_ratios(self) -> dict[str, float]:
+        """Fraction of +1 weights of each binary layer, keyed by module name."""
+        return {
+            n.attrs["module"]: float((n.attrs["weights"].bits == 1).mean())
+            for n in self.binary_nodes()
+        }
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-node output shapes for batch 1 (run through numpy shape rules)."""
         return infer_shapes(self)

@@ -18,11 +18,7 @@ def convert_onnx(source: Source, *, target: str) -> tuple[bytes, dict[str, Any]]
             hint="export larq models with --format tflite, or train with --framework torch",
         )
     graph = graph_from_torch(source.model, source.input_shape)
-    bit_ratios = {
-        n.attrs["module"]: float((n.attrs["weights"].bits == 1).mean())
-        for n in graph.binary_nodes()
-    }
-    model = to_onnx(graph, target=target, metadata=source.metadata(bit_ratios))
+    model = to_onnx(graph, target=target, metadata=source.metadata(graph.bit_ratios()))
     op = {"onnxruntime": "BinaryConv2d", "openvino": "FakeQuantize"}.get(target)
     found = sum(1 for n in model.graph.node if n.op_type == op) if op else len(graph.binary_nodes())
     fallbacks = openvino_float_layers(graph) if target == "openvino" else []

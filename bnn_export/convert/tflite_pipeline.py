@@ -31,10 +31,7 @@ def convert_tflite(
         if source.model is not None:
             graph = graph_from_torch(source.model, source.input_shape)
             check_tflite_exportable(graph)
-            bit_ratios = {
-                n.attrs["module"]: float((n.attrs["weights"].bits == 1).mean())
-                for n in graph.binary_nodes()
-            }
+            bit_ratios = graph.bit_ratios()
             with (job_dir / "graph.pkl").open("wb") as f:
                 pickle.dump(graph, f)
             job: dict[str, Any] = {"kind": "graph"}
