@@ -69,11 +69,17 @@ def test_cifar_models_convert_with_expected_bconv_counts(
 
 def test_resnet18_binary_file_is_10x_smaller_than_float() -> None:
     binary, _ = _source("resnet18", get("ste"))
-    floating, _ = _source("resnet18", get("none"))
+    floating, float_model = _source("resnet18", get("none"))
     b, facts = convert_tflite(binary)
     f, ffacts = convert_tflite(floating)
     assert facts["binary_ops"] == 16 and ffacts["binary_ops"] == 0
     assert len(f) / len(b) >= 10, (len(f), len(b))
+    # regression: the float model's stride-2 3x3 convs (padding 1) were exported as a
+    # symmetric Pad + VALID conv, which LCE 0.16 rewrites to "same" (pads bottom/right):
+    # 11% agreement. Float ops have no sign flips, so this must match closely.
+    _, x, _ = _digits((3, 32, 32))
+    got, ref = LceRunner(f).predict(x[:16]), predict(float_model, x[:16])
+    np.testing.assert_allclose(got, ref, atol=1e-3 * max(1.0, float(np.abs(ref).max())))
 
 
 def test_cli_convert_refuses_unexportable_layer_and_writes_nothing(tmp_path: Path) -> None:

@@ -96,9 +96,12 @@ def build_keras_model(graph: Graph) -> tuple[Any, list[str]]:
         if n.op == "conv":
             if a.get("pre_hardtanh"):
                 x = clip(x, f"{name}_hardtanh")
-            (ph, pw) = a["padding"]
-            if ph or pw:
-                x = keras.layers.ZeroPadding2D(((ph, ph), (pw, pw)), name=f"{name}_pad")(x)
+            # minimal pads: LCE 0.16 turns a symmetric Pad + VALID stride-2 conv into "same"
+            # (which pads bottom/right), shifting every window (float convs too)
+            pads = [_minimal_pads(in_shape[2 + i], a["kernel"][i], a["stride"][i], a["padding"][i],
+                                  _dilation(a)[i]) for i in range(2)]  # fmt: skip
+            if any(any(p) for p in pads):
+                x = keras.layers.ZeroPadding2D(tuple(pads), name=f"{name}_pad")(x)
             layer = keras.layers.Conv2D(
                 a["weight"].shape[0], a["kernel"], strides=a["stride"], padding="valid",
                 dilation_rate=_dilation(a), groups=a["groups"], use_bias=a["bias"] is not None, name=name,
