@@ -19,6 +19,7 @@ from torch import fx, nn
 
 from bnn_export.binarizers.exports import ActivationExport, WeightExport
 from bnn_export.errors import BnnExportError
+from bnn_export.geometry import conv_output_size
 from bnn_export.models.layers import BinaryConv2d, BinaryLinear, _BinaryBase
 
 OPS = (
@@ -208,9 +209,6 @@ def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
     """Output shape of every node for a batch of one (NCHW)."""
     shapes: dict[str, tuple[int, ...]] = {}
 
-    def out_hw(h: int, k: int, s: int, p: int, d: int) -> int:
-        return (h + 2 * p - d * (k - 1) - 1) // s + 1
-
     for n in graph.nodes:
         x = shapes[n.inputs[0]] if n.inputs else (1, *graph.input_shape)
         a = n.attrs
@@ -218,8 +216,8 @@ def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
             shapes[n.name] = (1, *graph.input_shape)
         elif n.op in ("conv", "bconv"):
             o = (a["weight"] if n.op == "conv" else a["weights"].bits).shape[0]
-            hw = [out_hw(x[2 + i], a["kernel"][i], a["stride"][i], a["padding"][i], a["dilation"][i])
-                  for i in range(2)]  # fmt: skip
+            hw = [conv_output_size(x[2 + i], a["kernel"][i], a["stride"][i], a["padding"][i],
+                                   a["padding"][i], a["dilation"][i]) for i in range(2)]  # fmt: skip
             shapes[n.name] = (1, o, *hw)
         elif n.op in ("linear", "blinear"):
             w = a["weight"] if n.op == "linear" else a["weights"].bits
@@ -229,7 +227,9 @@ def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
                 )
             shapes[n.name] = (1, w.shape[0])
         elif n.op in ("maxpool", "avgpool"):
-            hw = [(x[2 + i] - a["kernel"][i]) // a["stride"][i] + 1 for i in range(2)]
+            hw = [
+                conv_output_size(x[2 + i], a["kernel"][i], a["stride"][i], 0, 0) for i in range(2)
+            ]
             shapes[n.name] = (1, x[1], *hw)
         elif n.op == "gap":
             shapes[n.name] = (1, x[1], 1, 1)

@@ -27,17 +27,11 @@ import numpy as np
 
 from bnn_export.convert.graph import Graph, Node
 from bnn_export.errors import BnnExportError
+from bnn_export.geometry import minimal_pads
 
 
 def _hwio(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0))).astype(np.float32)
-
-
-def _minimal_pads(size: int, k: int, s: int, p: int, d: int) -> tuple[int, int]:
-    """PyTorch padding p on both sides, keeping only what windows read."""
-    span = (k - 1) * d + 1
-    out = (size + 2 * p - span) // s + 1
-    return p, max(0, (out - 1) * s + span - size - p)
 
 
 #: LceBconv2d supports groups > 1 only with this many input channels per group (a multiple).
@@ -98,7 +92,7 @@ def build_keras_model(graph: Graph) -> tuple[Any, list[str]]:
                 x = clip(x, f"{name}_hardtanh")
             # minimal pads: LCE 0.16 turns a symmetric Pad + VALID stride-2 conv into "same"
             # (which pads bottom/right), shifting every window (float convs too)
-            pads = [_minimal_pads(in_shape[2 + i], a["kernel"][i], a["stride"][i], a["padding"][i],
+            pads = [minimal_pads(in_shape[2 + i], a["kernel"][i], a["stride"][i], a["padding"][i],
                                   _dilation(a)[i]) for i in range(2)]  # fmt: skip
             if any(any(p) for p in pads):
                 x = keras.layers.ZeroPadding2D(tuple(pads), name=f"{name}_pad")(x)
@@ -224,7 +218,7 @@ def _binary(
         conv = lq.layers.QuantConv2D(input_quantizer="ste_sign", padding="same" if any(p) else "valid",
                                      pad_values=pad_value, **common)  # fmt: skip
     else:
-        pads = [_minimal_pads(in_shape[2 + i], k[i], s[i], p[i], d[i]) for i in range(2)]
+        pads = [minimal_pads(in_shape[2 + i], k[i], s[i], p[i], d[i]) for i in range(2)]
         paddings = [[0, 0], list(pads[0]), list(pads[1]), [0, 0]]
         if pad_value == 1.0:
             x = keras.layers.Lambda(

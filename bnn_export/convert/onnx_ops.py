@@ -13,6 +13,8 @@ import numpy as np
 from onnx import helper
 from onnx.reference.op_run import OpRun
 
+from bnn_export.geometry import conv_output_size
+
 DOMAIN = "com.bnn_export"
 OPSET_VERSION = 1
 
@@ -57,10 +59,6 @@ def unpack_conv_weights(w_packed: np.ndarray, channels_per_group: int) -> np.nda
     return np.transpose(unpack_bits(w_packed, channels_per_group), (0, 3, 1, 2))
 
 
-def output_size(size: int, k: int, stride: int, pad_begin: int, pad_end: int, dil: int) -> int:
-    return (size + pad_begin + pad_end - dil * (k - 1) - 1) // stride + 1
-
-
 def binary_conv2d_accumulate(
     x: np.ndarray,
     w_packed: np.ndarray,
@@ -92,8 +90,8 @@ def binary_conv2d_accumulate(
         ((0, 0), (0, 0), (top, bottom), (left, right)),
         constant_values=pad_value,
     )
-    ho = output_size(h, kh, sh, top, bottom, dh)
-    wo = output_size(w, kw, sw, left, right, dw)
+    ho = conv_output_size(h, kh, sh, top, bottom, dh)
+    wo = conv_output_size(w, kw, sw, left, right, dw)
     # cols[n, c, ky, kx, y, x] = a[n, c, y*sh + ky*dh, x*sw + kx*dw]
     cols = np.empty((n, c, kh, kw, ho, wo), dtype=np.int32)
     for ky in range(kh):

@@ -18,6 +18,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from bnn_export.binarizers.larq_impl import register
+from bnn_export.geometry import minimal_pads
 
 
 @register
@@ -59,10 +60,7 @@ class TorchPadQuantConv2D(lq.layers.QuantConv2D):
         ):
             if size is None:
                 raise ValueError(f"{self.name}: PyTorch-style padding needs static input sizes")
-            p = (k - 1) * d // 2
-            span = (k - 1) * d + 1
-            out = (size + 2 * p - span) // s + 1
-            pads.append([p, max(0, (out - 1) * s + span - size - p)])
+            pads.append(list(minimal_pads(size, k, s, (k - 1) * d // 2, d)))
         return pads
 
     def _get_padding_same(self, inputs: tf.Tensor) -> list[list[int]]:
