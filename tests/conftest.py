@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,11 @@ import pytest
 from tests.sshd_server import start_sshd
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+# A test run started in the background by a non-interactive shell (`make test &`, nohup)
+# inherits SIGINT ignored, and so would every CLI it spawns: the Ctrl-C tests would then
+# test nothing. Install Python's handler so this process and its children take SIGINT.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_cli(
