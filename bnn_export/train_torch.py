@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -13,7 +16,7 @@ from tqdm import tqdm
 
 from bnn_export.binarizers import torch_impl as bz
 from bnn_export.datasets import Dataset
-from bnn_export.models.layers import binary_layers
+from bnn_export.models.layers import BinaryConv2d, BinaryLinear, binary_layers
 from bnn_export.train_log import epoch_record
 
 
@@ -25,6 +28,51 @@ class TrainSettings:
     weight_decay: float = 0.0
     seed: int = 0
     progress: bool = True
+    #: intra-op threads; None: one for small models (see ``auto_threads``), else torch's default
+    num_threads: int | None = None
+
+
+#: Below this many multiply-accumulates per sample, extra threads cost more than they give.
+SMALL_MODEL_MACS = 10_000_000
+
+
+@torch.no_grad()
+def macs_per_sample(model: nn.Module, sample: torch.Tensor) -> int:
+    """Multiply-accumulates of the convs and linear layers for one input (forward hooks on
+    a copy: a first forward may initialize binarizer state, which training must do itself)."""
+    model = copy.deepcopy(model)
+    total = 0
+    layers = (nn.Conv2d, nn.Linear, BinaryConv2d, BinaryLinear)
+
+    def hook(m: nn.Module, _: Any, out: torch.Tensor) -> None:
+        nonlocal total  # one sample: each output element is a dot product over weight[o]
+        weight = cast(torch.Tensor, m.weight)
+        total += out.numel() * weight[0].numel()
+
+    for m in model.modules():
+        if isinstance(m, layers):
+            m.register_forward_hook(hook)
+    model.eval()
+    model(sample[:1])
+    return total
+
+
+def auto_threads(model: nn.Module, sample: torch.Tensor) -> int:
+    """1 for small models (e.g. digits: ~2M MACs): their ops are too short to split, and
+    OpenMP's spinning workers make training 10x slower when another job shares the cores."""
+    if macs_per_sample(model, sample) < SMALL_MODEL_MACS:
+        return 1
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -62,6 +110,13 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 def train(model: nn.Module, data: Dataset, settings: TrainSettings) -> list[dict[str, float]]:
     """Train in place; returns the per-epoch history."""
+    sample = torch.from_numpy(data.x_train[:1])
+    threads = settings.num_threads or auto_threads(model, sample)
+    with torch_threads(threads):
+        return _train(model, data, settings)
+
+
+def _train(model: nn.Module, data: Dataset, settings: TrainSettings) -> list[dict[str, float]]:
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     optimizer = torch.optim.Adam(_param_groups(model, settings.weight_decay), lr=settings.lr)

@@ -121,3 +121,21 @@ def test_same_seed_reproduces_metrics(tmp_path: Path) -> None:
         for h in m["history"]:
             h.pop("seconds")
     assert a == b
+
+
+def test_small_models_train_on_one_thread_large_ones_on_all() -> None:
+    """digits (~2M MACs) trains on one thread; resnet18 (0.56G MACs) keeps torch's default."""
+    import torch
+
+    from bnn_export.binarizers import get
+    from bnn_export.models import arch_spec
+    from bnn_export.models.torch_build import build_torch_model
+    from bnn_export.train_torch import auto_threads, macs_per_sample
+
+    digits = build_torch_model(arch_spec("digits"), get("ste"))
+    x = torch.zeros(1, 1, 8, 8)
+    # by hand: 32*9*64 + 32*9*64*64 + 64*9*64*16 + 256*128 + 128*10
+    assert macs_per_sample(digits, x) == 18432 + 1179648 + 589824 + 32768 + 1280
+    assert auto_threads(digits, x) == 1
+    big = build_torch_model(arch_spec("resnet18"), get("ste"))
+    assert auto_threads(big, torch.zeros(1, 3, 32, 32)) == torch.get_num_threads()
