@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from tqdm import tqdm
 
 from bnn_export.datasets import Dataset
 from bnn_export.models.larq_build import binary_layers, predict, set_schedule
-from bnn_export.train_log import epoch_record
+from bnn_export.train_log import epoch_record, epoch_steps
 from bnn_export.train_torch import TrainSettings
 
 __all__ = ["TrainSettings", "accuracy", "decayed_variables", "train"]
@@ -90,13 +89,7 @@ def train(model: keras.Model, data: Dataset, settings: TrainSettings) -> list[di
         order = rng.permutation(len(x_all))
         t0 = time.perf_counter()
         total_loss, correct = 0.0, 0
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{settings.epochs}",
-            unit="step",
-            leave=False,
-            disable=not settings.progress,
-        )
+        bar = epoch_steps(epoch, settings.epochs, steps_per_epoch, progress=settings.progress)
         for i in bar:
             idx = order[i * settings.batch_size : (i + 1) * settings.batch_size]
             loss, n_correct = step(tf.constant(x_all[idx]), tf.constant(y_all[idx]))

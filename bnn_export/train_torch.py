@@ -12,12 +12,11 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from bnn_export.binarizers import torch_impl as bz
 from bnn_export.datasets import Dataset
 from bnn_export.models.layers import BinaryConv2d, BinaryLinear, binary_layers
-from bnn_export.train_log import epoch_record
+from bnn_export.train_log import epoch_record, epoch_steps
 
 
 @dataclass(frozen=True)
@@ -134,13 +133,7 @@ def _train(model: nn.Module, data: Dataset, settings: TrainSettings) -> list[dic
         order = torch.from_numpy(rng.permutation(len(x_all)))
         t0 = time.perf_counter()
         total_loss, correct = 0.0, 0
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{settings.epochs}",
-            unit="step",
-            leave=False,
-            disable=not settings.progress,
-        )
+        bar = epoch_steps(epoch, settings.epochs, steps_per_epoch, progress=settings.progress)
         for step in bar:
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             xb, yb = x_all[idx], y_all[idx]
