@@ -54,7 +54,7 @@ pytest: setup
 
 test: lint typecheck pytest
 
-# The .onnx device path on aarch64, emulated: builds (first time ~20 min, then cached) an
+# The .onnx device path on aarch64, emulated: builds (first time ~10 min, then cached) an
 # aarch64 Debian userland in $(ARM_ROOTFS), installs bnn-export's sdist there and runs
 # tests/test_arm_userland.py (needs root: debootstrap, chroot, binfmt_misc).
 test-arm: setup

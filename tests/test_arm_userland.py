@@ -48,7 +48,7 @@ NOT_ON_DEVICE = ("torch", "tensorflow", "tensorflow-cpu", "larq", "scikit-learn"
 pytestmark = pytest.mark.skipif(
     not os.environ.get(ENV),
     reason=f"needs an aarch64 userland: `make test-arm` builds one (.cache/arm-rootfs, "
-    f"~20 min the first time) and runs these tests; or set {ENV}=DIR made by "
+    f"~10 min the first time) and runs these tests; or set {ENV}=DIR made by "
     "scripts/build-arm-userland.sh",
 )
 
