@@ -11,7 +11,9 @@ BNN := $(VENV)/bin/bnn-export
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: setup system-deps demo test lint typecheck pytest bench clean
+ARM_ROOTFS ?= .cache/arm-rootfs
+
+.PHONY: setup system-deps demo test test-arm lint typecheck pytest bench clean
 
 setup: system-deps $(STAMP)
 
@@ -51,6 +53,13 @@ pytest: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The .onnx device path on aarch64, emulated: builds (first time ~10 min, then cached) an
+# aarch64 Debian userland in $(ARM_ROOTFS), installs bnn-export's sdist there and runs
+# tests/test_arm_userland.py (needs root: debootstrap, chroot, binfmt_misc).
+test-arm: setup
+	bash scripts/build-arm-userland.sh $(ARM_ROOTFS)
+	BNN_EXPORT_ARM_ROOTFS=$(abspath $(ARM_ROOTFS)) $(PY) -m pytest -q -rs tests/test_arm_userland.py $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.bench_kernels

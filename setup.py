@@ -4,8 +4,16 @@
   * bnn_export/runtime/_lib/libbnn_kernels.so  - the binary-conv kernels (always)
   * bnn_export/runtime/_lib/libbnn_ort.so      - the onnxruntime custom-op library, only
     when onnxruntime C/C++ headers are found: $ORT_INCLUDE_DIR, else
-    build/ort-headers/include (filled by scripts/fetch_ort_headers.sh).
+    build/ort-headers/include (filled by scripts/fetch_ort_headers.sh), else
+    ort-headers/include (present in an sdist, see below).
+Kernel sources by machine: x86-64 AVX2/AVX-512 variants, aarch64 NEON, 32-bit ARM NEON.
 Environment: CC / CXX pick the compilers (default cc / c++).
+
+`python setup.py sdist` (or `python -m build --sdist`) ships runtime/ (MANIFEST.in) and
+copies the onnxruntime headers it builds with into the sdist as ort-headers/ (with their
+COPYRIGHT file), so `pip install bnn-export-*.tar.gz` on a device (e.g. an aarch64
+Raspberry Pi) builds both libraries without any other download. It refuses to make an sdist
+without the headers: run scripts/fetch_ort_headers.sh first.
 """
 
 from __future__ import annotations
@@ -19,11 +27,14 @@ from pathlib import Path
 
 from setuptools import Command, Distribution, setup
 from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 ROOT = Path(__file__).resolve().parent
 RUNTIME = ROOT / "runtime"
 LIB_DIR = ROOT / "bnn_export" / "runtime" / "_lib"
 OBJ_DIR = ROOT / "build" / "native"
+# Headers shipped inside an sdist (the folder name in the release tree).
+SDIST_ORT_HEADERS = "ort-headers"
 KERNEL_LIB = "libbnn_kernels.so"
 ORT_LIB = "libbnn_ort.so"
 
@@ -71,6 +82,7 @@ def find_ort_include() -> Path | None:
     env = os.environ.get("ORT_INCLUDE_DIR")
     candidates = [Path(env)] if env else []
     candidates.append(ROOT / "build" / "ort-headers" / "include")
+    candidates.append(ROOT / SDIST_ORT_HEADERS / "include")
     for c in candidates:
         if (c / "onnxruntime_lite_custom_op.h").is_file():
             return c
@@ -159,6 +171,33 @@ class BuildPyWithNative(build_py):
                 shutil.copy2(f, dest / f.name)
 
 
+class SdistWithOrtHeaders(sdist):
+    """An sdist that builds the onnxruntime op library anywhere: it carries the headers."""
+
+    def make_release_tree(self, base_dir: str, files: list[str]) -> None:
+        super().make_release_tree(base_dir, files)
+        include = find_ort_include()
+        if include is None:
+            raise RuntimeError(
+                "an sdist must carry the onnxruntime headers (so that a device can build "
+                "libbnn_ort.so): run `bash scripts/fetch_ort_headers.sh` or set "
+                "ORT_INCLUDE_DIR, then build the sdist again"
+            )
+        dest = Path(base_dir) / SDIST_ORT_HEADERS
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(include, dest / "include")
+        notice = include.parent / "COPYRIGHT"
+        if notice.is_file():
+            shutil.copy2(notice, dest / "COPYRIGHT")
+        else:
+            (dest / "COPYRIGHT").write_text(
+                f"onnxruntime headers copied from {include}; ONNX Runtime is MIT licensed "
+                "(https://github.com/microsoft/onnxruntime/blob/main/LICENSE).\n"
+            )
+        _log(f"sdist: onnxruntime headers from {include} -> {SDIST_ORT_HEADERS}/include")
+
+
 class NativeDistribution(Distribution):
     """The wheel carries native libraries: tag it for the platform, not py3-none-any."""
 
@@ -167,6 +206,10 @@ class NativeDistribution(Distribution):
 
 
 setup(
-    cmdclass={"build_py": BuildPyWithNative, "build_native": BuildNative},
+    cmdclass={
+        "build_py": BuildPyWithNative,
+        "build_native": BuildNative,
+        "sdist": SdistWithOrtHeaders,
+    },
     distclass=NativeDistribution,
 )

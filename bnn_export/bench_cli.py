@@ -119,10 +119,15 @@ def check_plan(model: ModelFile, device: Device, options: BenchOptions) -> None:
             "path was not given",
             hint="pass --lce-benchmark-binary PATH (on the device; for adb a local file is pushed)",
         )
-    if options.emulator and model.kind != "tflite":
+    if options.emulator and not (
+        (model.kind == "tflite" and options.lce_benchmark_binary)
+        or (model.kind == "onnx" and device.transport == "ssh")
+    ):
         raise BnnExportError(
-            "--emulator applies to .tflite files run with --lce-benchmark-binary",
-            hint="bench the .onnx files in a command without --emulator",
+            f"--emulator cannot run {str(model.path)!r} on {device.describe()}: it applies to "
+            ".tflite files run with --lce-benchmark-binary and to .onnx files run by the "
+            "worker on an ssh device",
+            hint="bench the other models in a command without --emulator",
         )
 
 
@@ -220,11 +225,12 @@ def measure(
         measured = remote.bench_onnx_over_ssh(
             device, path, runtime=options.runtime, num_threads=options.num_threads,
             settings=options.latency, eval_set=eval_set, timeout=options.timeout,
-            remote_python=options.remote_python, device_info=device_info,
+            remote_python=options.remote_python, device_info=device_info, emulator=emulator,
         )  # fmt: skip
         measured["accuracy_on"] = "device"
-        return {**measured, "device": device_record(measured["device"], emulated=False,
-                                                    emulator=None, note=None)}  # fmt: skip
+        return {**measured, "device": device_record(
+            measured.pop("device"), emulated=measured.pop("emulated"),
+            emulator=measured.pop("emulator"), note=measured.pop("note"))}  # fmt: skip
     else:
         measured = local.bench_local(
             path, runtime=options.runtime, num_threads=options.num_threads,

@@ -13,7 +13,14 @@ import threading
 import traceback
 from typing import Any
 
-import click
+try:
+    import click
+except ImportError:  # a device install (`bnn-export[device]`) carries only the bench worker
+    sys.exit(
+        "error: the bnn-export command needs the `cli` extra, which this install lacks\n"
+        "fix: pip install 'bnn-export[cli]' (a device that only runs the bench worker, "
+        "python -m bnn_export.runtime.worker, does not need it)"
+    )
 
 from bnn_export import __version__
 from bnn_export import binarizers as binarizer_registry
@@ -354,8 +361,9 @@ def convert(
               help="lce_benchmark_model: path on the device (adb: a local file is pushed).")  # fmt: skip
 @click.option("--taskset", default=None, help="CPU mask to pin lce_benchmark_model, e.g. f0.")
 @click.option("--emulator", default=None,
-              help="Run lce_benchmark_model under this emulator (e.g. qemu-aarch64-static); "
-              "results are marked emulated, never ARM latency.")  # fmt: skip
+              help="Run lce_benchmark_model, or the .onnx worker over ssh, under this emulator "
+              "(e.g. qemu-aarch64-static, or 'qemu-aarch64-static -L ROOTFS' with --remote-python "
+              "ROOTFS/.../python); results are marked emulated, never ARM latency.")  # fmt: skip
 @click.option("--remote-python", default="python3", show_default=True,
               help="Python with bnn-export on an ssh device (runs the .onnx worker).")  # fmt: skip
 @click.option("--remote-tmp", default=None, help="Directory for temp files on the device.")

@@ -3,7 +3,9 @@
 # build/ort-headers/ without touching the system apt configuration: a private sources
 # list, lists dir and cache dir are used. Idempotent: exits at once when present.
 #
-# Output: build/ort-headers/include/onnxruntime_cxx_api.h (and friends).
+# Output: build/ort-headers/include/onnxruntime_cxx_api.h (and friends), and
+# build/ort-headers/COPYRIGHT (the package's copyright file: onnxruntime is MIT licensed;
+# `setup.py sdist` ships the headers and this file so an sdist builds on a device).
 # Override: set ORT_INCLUDE_DIR to a directory with onnxruntime_c_api.h and this script
 # is not needed (setup.py uses that directly).
 set -euo pipefail
@@ -11,7 +13,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/build/ort-headers"
 INC="$OUT/include"
-if [[ -f "$INC/onnxruntime_lite_custom_op.h" && -f "$INC/onnxruntime_c_api.h" ]]; then
+if [[ -f "$INC/onnxruntime_lite_custom_op.h" && -f "$INC/onnxruntime_c_api.h" \
+      && -f "$OUT/COPYRIGHT" ]]; then
   echo "fetch_ort_headers: headers already present in $INC"
   exit 0
 fi
@@ -67,6 +70,12 @@ fi
 rm -rf "$INC"
 mkdir -p "$INC"
 cp -r "$hdr"/. "$INC"/
+copyright="$WORK/x/usr/share/doc/libonnxruntime-dev/copyright"
+if [[ ! -f "$copyright" ]]; then
+  echo "fetch_ort_headers: $deb has no copyright file" >&2
+  exit 1
+fi
+cp "$copyright" "$OUT/COPYRIGHT"
 basename "$deb" > "$OUT/SOURCE"
 rm -rf "$WORK/x" "$WORK/cache"
 echo "fetch_ort_headers: headers in $INC ($(cat "$OUT/SOURCE"))"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test suite and the ARM/ssh paths need: a cross compiler and
-# qemu-user for the aarch64 kernel tests, and an ssh server/client for the loopback
-# device tests. Installs only what is missing; a no-op when everything is present.
+# qemu-user for the aarch64 kernel tests, an ssh server/client for the loopback
+# device tests, and debootstrap for the aarch64 userland of `make test-arm`. Installs only what is missing; a no-op when everything is present.
 set -euo pipefail
 need=()
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
@@ -12,6 +12,7 @@ command -v arm-linux-gnueabihf-gcc >/dev/null || need+=(gcc-arm-linux-gnueabihf 
 command -v g++ >/dev/null || need+=(g++)
 command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+[ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 command -v ssh >/dev/null || need+=(openssh-client)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -115,6 +116,41 @@ def test_bench_ssh_emulated_aarch64_is_never_labelled_arm_latency(
     header = (report / "bench.md").read_text().splitlines()[0]
     assert "emulated, not ARM latency" in header
     assert os.listdir(remote_root) == []
+
+
+def test_bench_ssh_onnx_worker_under_an_emulator_is_marked_emulated(
+    sshd, remote_root, bench_artifacts, tmp_path, capsys
+):
+    """--emulator prefixes the worker command too. A stand-in "emulator" (a script that notes
+    its call and runs its arguments) keeps this fast; the real thing, the aarch64 userland's
+    python under qemu-aarch64-static, is tests/test_arm_userland.py (opt-in: needs a rootfs)."""
+    calls = tmp_path / "emulator calls"
+    emulator = tmp_path / "fake qemu"
+    emulator.write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(calls))}\n'
+                        '[ "$1" = -L ] && shift 2\nexec "$@"\n')  # fmt: skip
+    emulator.chmod(0o755)
+    report = tmp_path / "report"
+    code, out, err = bench(capsys, str(bench_artifacts.onnx["onnxruntime"]),
+                           *ssh_args(sshd, remote_root), "--remote-python", sys.executable,
+                           "--emulator", shlex.join([str(emulator), "-L", "/"]),
+                           "--reference", str(bench_artifacts.run), "--max-eval", "20",
+                           "--report", str(report), *FAST)  # fmt: skip
+    assert code == 0, err
+    row = json.loads((report / "bench.json").read_text())["results"][0]
+    assert row["device"]["emulated"] is True
+    assert row["device"]["emulator"] == [str(emulator), "-L", "/"]
+    assert "NOT ARM latency" in row["device"]["note"]
+    assert calls.read_text().startswith(f"-L / {sys.executable} -m bnn_export.runtime.worker")
+    assert row["runtime"]["worker"] == "bnn_export.runtime.worker"
+    assert row["accuracy"]["measured_on"] == "device" and row["accuracy"]["agreement"] == 1.0
+    assert "emulated, not ARM latency" in (report / "bench.md").read_text().splitlines()[0]
+    assert os.listdir(remote_root) == []
+
+
+def test_bench_emulator_for_a_local_onnx_is_refused(bench_artifacts, capsys):
+    code, _, err = bench(capsys, str(bench_artifacts.onnx["onnxruntime"]),
+                         "--emulator", "qemu-aarch64-static", *FAST)  # fmt: skip
+    assert code == 2 and "--emulator" in err and "ssh device" in err
 
 
 # ---------------------------------------------------------------- faults

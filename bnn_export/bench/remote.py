@@ -82,8 +82,14 @@ def bench_onnx_over_ssh(
     timeout: float,
     remote_python: str,
     device_info: Callable[[], dict[str, Any]] | None = None,
+    emulator: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """runtime, latency_us and logits from bnn-export's worker run on the device."""
+    """runtime, latency_us and logits from bnn-export's worker run on the device.
+
+    ``emulator`` prefixes the worker command (e.g. ``qemu-aarch64-static -L ROOTFS`` with
+    ``remote_python`` an aarch64 python in ROOTFS); such rows are marked emulated, and their
+    latency is not the latency of any ARM CPU.
+    """
     name = Path(path).name
     argv = [
         remote_python, "-m", WORKER_MODULE, "--model", name,
@@ -99,7 +105,7 @@ def bench_onnx_over_ssh(
             files[INPUTS_NAME] = inputs
             argv += ["--inputs", INPUTS_NAME]
         info = device_info() if device_info is not None else device.info()
-        result = run_remote_worker(device, files, argv, timeout)
+        result = run_remote_worker(device, files, argv, timeout, emulator=emulator)
     logits = result.get("logits")
     return {
         "runtime": {
@@ -107,11 +113,12 @@ def bench_onnx_over_ssh(
             "worker": WORKER_MODULE,
             "python": result.get("python"),
             "remote_bnn_export": result.get("bnn_export_version"),
+            "machine": result.get("machine"),
         },  # fmt: skip
         "latency_us": result["latency_us"],
         "device": info,
-        "emulated": False,
-        "emulator": None,
-        "note": None,
+        "emulated": result["emulated"],
+        "emulator": list(emulator) if emulator else None,
+        "note": result.get("note"),
         "logits": np.asarray(logits, dtype=np.float32) if logits is not None else None,
     }

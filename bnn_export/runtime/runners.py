@@ -63,6 +63,10 @@ class OnnxRuntimeRunner(Runner):
         super().__init__("onnxruntime", ort.__version__, num_threads, tuple(int(s) for s in shape),
                          init_seconds=time.perf_counter() - t0)  # fmt: skip
         self.input_name = self.session.get_inputs()[0].name
+        from bnn_export.runtime.native import kernel_name
+
+        # the BinaryConv2d kernel variant in use (the op library shares the kernel library)
+        self.info["bnn_kernel"] = kernel_name()
 
     def predict_one(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: x})[0])
