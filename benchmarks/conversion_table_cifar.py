@@ -38,7 +38,7 @@ ROWS: list[tuple[str, str, str]] = [
 ]  # fmt: skip
 # One epoch of resnet20 left irnet and sdbnn (torch) at chance, 10.0%: their EDE schedules
 # need the later epochs; with 3 irnet reached 71% and sdbnn 75% (torch). VGG-Small and
-# ResNet-18 reach 47-88% in one epoch, and an epoch of them costs 1.5-4 min on 2 cores.
+# ResNet-18 reach 46-88% in one epoch, and an epoch of them costs 1.5-4 min on 2 cores.
 DEFAULT_EPOCHS = {"resnet20": 3, "vgg-small": 1, "resnet18": 1}
 MIN_SIZE_RATIO = 10.0
 
