@@ -145,3 +145,49 @@ def test_larq_resnet20_names_its_float_fallbacks(tmp_path: Path) -> None:
     facts = json.loads(res.stdout)["facts"]
     assert facts["binary_ops"] == facts["binary_layers"] == 16
     assert facts["float_fallbacks"] == ["layers_3_conv1", "layers_6_conv1"]
+
+
+def test_lce_server_converts_larq_checkpoints_and_torch_graphs(tmp_path: Path) -> None:
+    """One LceServer child converts a Larq checkpoint as ``convert_tflite`` does (same
+    facts, LCE output == Keras) and then a PyTorch export graph."""
+    from bnn_export.convert.graph import graph_from_torch
+    from bnn_export.convert.tflite_pipeline import LceServer
+    from bnn_export.models.larq_build import build_larq_model, larq_state
+    from bnn_export.models.larq_build import predict as larq_predict
+
+    arch = arch_spec("digits")
+    model = build_larq_model(arch, get("ste"), seed=0)
+    save_checkpoint(
+        tmp_path / "run" / "checkpoint.safetensors",
+        Checkpoint("larq", arch, get("ste"), "digits", larq_state(model)),
+    )
+    x = _digits((1, 8, 8))[1][:32]
+    source, torch_model = _source("digits", get("ste"))
+    with LceServer() as lce:
+        blob, facts = lce.convert_checkpoint(tmp_path / "run", {"note": "test"})
+        graph_blob, graph_facts = lce.convert(graph_from_torch(torch_model, (1, 8, 8)))
+    assert facts["binary_ops"] == facts["binary_layers"] == 3 and not facts["float_fallbacks"]
+    assert graph_facts["binary_ops"] == graph_facts["binary_layers"] == 3
+    np.testing.assert_allclose(LceRunner(blob).predict(x), larq_predict(model, x), atol=1e-4)
+    assert _agreement(LceRunner(graph_blob).predict(x), predict(torch_model, x)) == 1.0
+
+
+def test_larq_siman_vgg_small_convs_all_become_lce_bconv(tmp_path: Path) -> None:
+    """Regression: SiMaN's quantized kernels are computed in the graph (ranks -> bool ->
+    cast -> * alpha); LCE constant-folded them only for small kernels, so 4 of
+    VGG-Small's 5 binary convs became float CONV_2D (1 LceBconv2d, 4.8 MB). The worker
+    now freezes quantized kernels to constants before converting."""
+    from bnn_export.convert.tflite_pipeline import LceServer
+    from bnn_export.models.larq_build import build_larq_model, larq_state
+
+    arch = arch_spec("vgg-small")
+    model = build_larq_model(arch, get("siman"), seed=0)
+    save_checkpoint(
+        tmp_path / "run" / "checkpoint.safetensors",
+        Checkpoint("larq", arch, get("siman"), "digits", larq_state(model)),
+    )
+    with LceServer() as lce:
+        blob, facts = lce.convert_checkpoint(tmp_path / "run")
+    assert facts["binary_ops"] == facts["binary_layers"] == 5, facts["ops"]
+    assert "CONV_2D" in facts["ops"] and facts["ops"]["CONV_2D"] == 1  # the float first conv
+    assert len(blob) < 1_500_000, len(blob)

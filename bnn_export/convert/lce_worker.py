@@ -76,11 +76,15 @@ def run_job(job_path: Path) -> None:
     else:
         from bnn_export.checkpoint import load_checkpoint
         from bnn_export.models.larq_build import binary_layers as larq_binary_layers
-        from bnn_export.models.larq_build import larq_model_from_checkpoint
+        from bnn_export.models.larq_build import (
+            freeze_quantized_kernels,
+            larq_model_from_checkpoint,
+        )
         from bnn_export.models.larq_layers import TorchPadQuantConv2D
 
         ckpt = load_checkpoint(job["checkpoint"])
         model = larq_model_from_checkpoint(ckpt)
+        freeze_quantized_kernels(model)
         layers = larq_binary_layers(model) if ckpt.binarizer.binary else []
         # Strided binary convs that pad their binarized input stay exact float convs in
         # LCE (docs/larq.md); name them instead of miscounting.

@@ -99,11 +99,13 @@ def _child_env(child_tmp: Path) -> dict[str, str]:
 
 
 class LceServer:
-    """One LCE child process converting many export graphs (one TensorFlow import).
+    """One LCE child process converting many export graphs and Larq checkpoints (one
+    TensorFlow import).
 
-    ``with LceServer() as lce: data, facts = lce.convert(graph)``. A graph the converter
+    ``with LceServer() as lce: data, facts = lce.convert(graph)`` (or
+    ``lce.convert_checkpoint(path)`` for a Larq checkpoint). A model the converter
     rejects raises BnnExportError; if the child dies (LCE can abort the process), it is
-    restarted for the next graph.
+    restarted for the next job.
     """
 
     def __init__(self) -> None:
@@ -129,16 +131,30 @@ class LceServer:
     def convert(
         self, graph: Any, metadata: dict[str, Any] | None = None
     ) -> tuple[bytes, dict[str, Any]]:
+        """An export graph (from ``graph_from_torch``) -> (.tflite bytes, facts)."""
         check_tflite_exportable(graph)
+        return self._run({"kind": "graph", "metadata": metadata or {}}, graph)
+
+    def convert_checkpoint(
+        self, path: str | Path, metadata: dict[str, Any] | None = None
+    ) -> tuple[bytes, dict[str, Any]]:
+        """A Larq checkpoint (file or run directory) -> (.tflite bytes, facts), as
+        ``convert_tflite`` converts it."""
+        from bnn_export.checkpoint import resolve_checkpoint_path
+
+        job = {"kind": "checkpoint", "checkpoint": str(resolve_checkpoint_path(path).resolve()),
+               "metadata": metadata or {}}  # fmt: skip
+        return self._run(job, None)
+
+    def _run(self, job: dict[str, Any], graph: Any) -> tuple[bytes, dict[str, Any]]:
         self._count += 1
         job_dir = self._dir / f"job{self._count}"
         job_dir.mkdir()
         try:
-            with (job_dir / "graph.pkl").open("wb") as f:
-                pickle.dump(graph, f)
-            (job_dir / "job.json").write_text(
-                json.dumps({"kind": "graph", "metadata": metadata or {}})
-            )
+            if graph is not None:
+                with (job_dir / "graph.pkl").open("wb") as f:
+                    pickle.dump(graph, f)
+            (job_dir / "job.json").write_text(json.dumps(job))
             proc = self._child()
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write(f"{job_dir}\n")

@@ -117,6 +117,34 @@ def latent_kernel(layer: keras.layers.Layer) -> np.ndarray:
     return kernel
 
 
+class _FrozenKernel:
+    """A kernel quantizer that returns a fixed array: a layer's quantized kernel,
+    computed once (see ``freeze_quantized_kernels``)."""
+
+    precision = 1
+
+    def __init__(self, value: np.ndarray) -> None:
+        self.value = value
+
+    def __call__(self, latent: Any) -> tf.Tensor:
+        return tf.constant(self.value)
+
+
+def freeze_quantized_kernels(model: keras.Model) -> None:
+    """Replace every binary layer's kernel quantizer by its output, a constant (before
+    LCE conversion; the model computes exactly what it computed before).
+
+    LCE turns a conv into ``LceBconv2d`` only if its filter is a constant of +-scale per
+    output channel. A quantizer evaluated in the graph must then be constant-folded by
+    the converter, which it does only below a size limit: SiMaN's kernels (ranks -> bool
+    -> cast -> reshape -> transpose -> * alpha) stayed in the graph from 3x3x128x256
+    up, so 4 of VGG-Small's 5 binary convs became float CONV_2D ops."""
+    for layer in binary_layers(model):
+        kernel = layer.kernel  # a larq QuantizedVariable
+        value = np.asarray(kernel.quantizer(kernel.latent_variable))
+        kernel.quantizer = _FrozenKernel(value)
+
+
 def export_layer(layer: keras.layers.Layer) -> Any:
     """The ``WeightExport`` of one binary layer (bits in PyTorch layout)."""
     return layer.kernel_quantizer.export(latent_kernel(layer))
