@@ -14,6 +14,7 @@ import argparse
 
 import numpy as np
 
+from benchmarks.bench_kernels import interleaved_median_ms
 from bnn_export.binarizers import get
 from bnn_export.convert.graph import graph_from_torch
 from bnn_export.convert.onnx_export import to_onnx
@@ -22,7 +23,6 @@ from bnn_export.models import arch_spec
 from bnn_export.models.torch_build import build_torch_model
 from bnn_export.runtime.runners import OnnxRuntimeRunner, OpenVinoRunner
 from bnn_export.train_torch import recalibrate_batchnorm
-from benchmarks.bench_kernels import interleaved_median_ms
 
 
 def onnx_bytes(model_name: str, binarizer: str, target: str) -> bytes:
