@@ -32,7 +32,8 @@ BINARIZERS: dict[str, BinarizerConfig] = {
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """Binary conv -> batch norm [-> + input] [-> pooling]."""
+    """Binary conv (or a float conv: ``binary=False``) -> batch norm [-> + input]
+    [-> pooling]."""
 
     out: int
     kernel: int
@@ -43,6 +44,7 @@ class BlockSpec:
     pad_value: float
     residual: bool
     pool: str  # "none" | "max" | "avg"
+    binary: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class ModelSpec:
     hidden: int
     binarizer: str
     seed: int
+    stem_kernel: int = 3
+    stem_stride: int = 1
+    stem_padding: int = 1
 
 
 def _out(h: int, k: int, s: int, p: int, d: int) -> int:
@@ -66,10 +71,16 @@ def model_specs(draw: st.DrawFn) -> ModelSpec:
     in_channels = draw(st.sampled_from([1, 3]))
     size = draw(st.integers(5, 12))
     stem = draw(st.integers(1, 40))
+    # the float stem: any kernel/stride/padding (a stride-2 padded float conv was exported
+    # wrong to TFLite before 76fc01a, unseen while the stem was always 3x3/1/1)
+    stem_kernel = draw(st.sampled_from([1, 3, 5]))
+    stem_stride = draw(st.sampled_from([1, 2]))
+    stem_padding = draw(st.integers(0, stem_kernel // 2))
     blocks = []
-    channels, h = stem, size
+    channels, h = stem, _out(size, stem_kernel, stem_stride, stem_padding, 1)
     for _ in range(draw(st.integers(1, 3))):
-        out = draw(st.integers(1, 70))
+        # keep the width in 1 of 4 blocks (residual adds need it), else any 1-70
+        out = channels if draw(st.integers(0, 3)) == 0 else draw(st.integers(1, 70))
         kernel = draw(st.sampled_from([1, 3, 5]))
         dilation = draw(st.sampled_from([1, 2]))
         stride = draw(st.sampled_from([1, 2]))
@@ -81,17 +92,19 @@ def model_specs(draw: st.DrawFn) -> ModelSpec:
             st.sampled_from([g for g in (1, 2, 3, 4) if channels % g == 0 and out % g == 0])
         )
         residual = stride == 1 and (same or kernel == 1) and out == channels and draw(st.booleans())
+        binary = draw(st.integers(0, 5)) > 0  # 1 in 6 blocks: a float conv mid-network
         h = _out(h, kernel, stride, pad, dilation)
         pool = draw(st.sampled_from(["none", "max", "avg"])) if h >= 4 else "none"
         if pool != "none":
             h = (h - 2) // 2 + 1
         blocks.append(BlockSpec(out, kernel, stride, dilation, same, groups,
-                                draw(st.sampled_from([0.0, 1.0])), residual, pool))  # fmt: skip
+                                draw(st.sampled_from([0.0, 1.0])), residual, pool, binary))  # fmt: skip
         channels = out
     return ModelSpec(
         in_channels=in_channels, size=size, stem=stem, blocks=tuple(blocks),
         head=draw(st.sampled_from(["gap", "blinear"])), hidden=draw(st.integers(1, 40)),
         binarizer=draw(st.sampled_from(sorted(BINARIZERS))), seed=draw(st.integers(0, 2**16)),
+        stem_kernel=stem_kernel, stem_stride=stem_stride, stem_padding=stem_padding,
     )  # fmt: skip
 
 
@@ -99,9 +112,14 @@ class Block(nn.Module):
     def __init__(self, cin: int, b: BlockSpec, config: BinarizerConfig) -> None:
         super().__init__()
         pad = b.dilation * (b.kernel - 1) // 2 if b.same else 0
-        self.conv = BinaryConv2d(cin, b.out, b.kernel, binarizer=config, stride=b.stride,
-                                 padding=pad, dilation=b.dilation, groups=b.groups,
-                                 pad_value=b.pad_value)  # fmt: skip
+        self.conv: nn.Module
+        if b.binary:
+            self.conv = BinaryConv2d(cin, b.out, b.kernel, binarizer=config, stride=b.stride,
+                                     padding=pad, dilation=b.dilation, groups=b.groups,
+                                     pad_value=b.pad_value)  # fmt: skip
+        else:
+            self.conv = nn.Conv2d(cin, b.out, b.kernel, stride=b.stride, padding=pad,
+                                  dilation=b.dilation, groups=b.groups)  # fmt: skip
         self.bn = nn.BatchNorm2d(b.out)
         self.residual = b.residual
         self.pool: nn.Module = {"none": nn.Identity(), "max": nn.MaxPool2d(2),
@@ -118,9 +136,11 @@ class FuzzNet(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         config = BINARIZERS[spec.binarizer]
-        self.stem = nn.Conv2d(spec.in_channels, spec.stem, 3, padding=1)
+        self.stem = nn.Conv2d(spec.in_channels, spec.stem, spec.stem_kernel,
+                              stride=spec.stem_stride, padding=spec.stem_padding)  # fmt: skip
         self.stem_bn = nn.BatchNorm2d(spec.stem)
-        blocks, channels, h = [], spec.stem, spec.size
+        blocks, channels = [], spec.stem
+        h = _out(spec.size, spec.stem_kernel, spec.stem_stride, spec.stem_padding, 1)
         for b in spec.blocks:
             blocks.append(Block(channels, b, config))
             pad = b.dilation * (b.kernel - 1) // 2 if b.same else 0

@@ -179,18 +179,25 @@ def test_generator_covers_the_layer_set() -> None:
     """The strategy reaches every option the issue lists (checked on the examples it draws)."""
     seen: dict[str, set[object]] = {k: set() for k in
                                     ("kernel", "stride", "dilation", "groups", "pad_value",
-                                     "residual", "pool", "head", "binarizer", "odd_channels")}  # fmt: skip
+                                     "residual", "pool", "binary", "head", "binarizer",
+                                     "odd_channels", "stem", "float_strided_padded")}  # fmt: skip
 
     @settings(max_examples=300, derandomize=True, deadline=None, database=None)
     @given(spec=model_specs())
     def collect(spec: ModelSpec) -> None:
         seen["head"].add(spec.head)
         seen["binarizer"].add(spec.binarizer)
+        seen["stem"].add((spec.stem_kernel, spec.stem_stride, spec.stem_padding))
+        if spec.stem_stride > 1 and spec.stem_padding > 0:
+            seen["float_strided_padded"].add("stem")
         for b in spec.blocks:
             assert isinstance(b, BlockSpec)
-            for k in ("kernel", "stride", "dilation", "groups", "pad_value", "residual", "pool"):
+            for k in ("kernel", "stride", "dilation", "groups", "pad_value", "residual", "pool",
+                      "binary"):  # fmt: skip
                 seen[k].add(getattr(b, k))
             seen["odd_channels"].add(b.out % 32 != 0)
+            if not b.binary and b.stride > 1 and b.same and b.kernel > 1:
+                seen["float_strided_padded"].add("mid")
 
     collect()
     assert seen["kernel"] == {1, 3, 5} and seen["stride"] == {1, 2}
