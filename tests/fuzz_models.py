@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from bnn_export.binarizers import BinarizerConfig, get
+from bnn_export.convert.graph import Graph, Node
 from bnn_export.models.layers import BinaryConv2d, BinaryLinear
 from bnn_export.train_torch import recalibrate_batchnorm
 
@@ -224,3 +226,43 @@ def check_parity(got: np.ndarray, ref32: np.ndarray, ref64: np.ndarray, what: st
     assert frac >= 0.9, (
         f"{what}: {frac:.0%} of {n_stable} stable samples match (max |diff| {worst:.3g}, tol {tol:.3g})"
     )
+
+
+def exact_accumulator(model: nn.Module, node: Node, binput: np.ndarray) -> np.ndarray:
+    """The integer accumulator of binary layer ``node`` for the float tensor it binarizes,
+    computed exactly from the torch layer: sign(binput) (+1 at 0), padded with the layer's
+    pad value, against the signs of the layer's binarized weights (float64: exact)."""
+    layer = model.get_submodule(node.attrs["module"])
+    export = layer.export_weights()
+    bits = torch.from_numpy(export.bits.astype(np.float64))
+    with torch.no_grad():  # the weights torch computes with are these bits times the scale
+        scale = torch.from_numpy(export.scale.astype(np.float64)).reshape(
+            -1, *[1] * (bits.dim() - 1)
+        )
+        np.testing.assert_allclose(layer.quantized_weight().double(), bits * scale, rtol=1e-6)
+    a = torch.from_numpy(np.where(binput >= 0, 1.0, -1.0))
+    if node.op == "blinear":
+        return (a.reshape(len(a), -1) @ bits.T).numpy()
+    ph, pw = layer.padding
+    a = F.pad(a, (pw, pw, ph, ph), value=layer.pad_value)
+    return F.conv2d(a, bits, None, layer.stride, 0, layer.dilation, layer.groups).numpy()
+
+
+def check_accumulators(
+    model: nn.Module, graph: Graph, outputs: dict[str, np.ndarray], what: str
+) -> int:
+    """Bit-exact: every binary layer's exposed accumulator (``to_onnx(accumulators=True)``)
+    equals ``exact_accumulator`` of the tensor that layer binarized in the same run.
+    Returns the number of integers compared."""
+    compared = 0
+    for node in graph.binary_nodes():
+        exact = exact_accumulator(model, node, outputs[f"{node.name}_binput"])
+        got = outputs[f"{node.name}_acc"].reshape(exact.shape)
+        if not np.array_equal(got, exact):
+            bad = np.argwhere(got != exact)
+            raise AssertionError(
+                f"{what}: layer {node.attrs['module']!r}: {len(bad)} of {got.size} accumulators "
+                f"differ, first at {tuple(bad[0])}: {got[tuple(bad[0])]} != {exact[tuple(bad[0])]}"
+            )
+        compared += got.size
+    return compared
