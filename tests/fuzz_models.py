@@ -228,41 +228,50 @@ def check_parity(got: np.ndarray, ref32: np.ndarray, ref64: np.ndarray, what: st
     )
 
 
-def exact_accumulator(model: nn.Module, node: Node, binput: np.ndarray) -> np.ndarray:
-    """The integer accumulator of binary layer ``node`` for the float tensor it binarizes,
-    computed exactly from the torch layer: sign(binput) (+1 at 0), padded with the layer's
-    pad value, against the signs of the layer's binarized weights (float64: exact)."""
-    layer = model.get_submodule(node.attrs["module"])
-    export = layer.export_weights()
-    bits = torch.from_numpy(export.bits.astype(np.float64))
-    with torch.no_grad():  # the weights torch computes with are these bits times the scale
-        scale = torch.from_numpy(export.scale.astype(np.float64)).reshape(
-            -1, *[1] * (bits.dim() - 1)
-        )
-        np.testing.assert_allclose(layer.quantized_weight().double(), bits * scale, rtol=1e-6)
-    a = torch.from_numpy(np.where(binput >= 0, 1.0, -1.0))
-    if node.op == "blinear":
-        return (a.reshape(len(a), -1) @ bits.T).numpy()
-    ph, pw = layer.padding
-    a = F.pad(a, (pw, pw, ph, ph), value=layer.pad_value)
-    return F.conv2d(a, bits, None, layer.stride, 0, layer.dilation, layer.groups).numpy()
+class ExactAccumulators:
+    """Bit-exact check of binary layers' integer accumulators (``to_onnx(accumulators=True)``
+    outputs) against integers computed from the torch layers: sign(binput) (+1 at 0),
+    padded with the layer's pad value, against the signs of the layer's binarized weights.
 
+    float32 is exact here: every partial sum is an integer of magnitude <= (C/groups)*k*k,
+    far below 2^24. The weight signs are checked once to be what torch's forward uses
+    (bits * scale)."""
 
-def check_accumulators(
-    model: nn.Module, graph: Graph, outputs: dict[str, np.ndarray], what: str
-) -> int:
-    """Bit-exact: every binary layer's exposed accumulator (``to_onnx(accumulators=True)``)
-    equals ``exact_accumulator`` of the tensor that layer binarized in the same run.
-    Returns the number of integers compared."""
-    compared = 0
-    for node in graph.binary_nodes():
-        exact = exact_accumulator(model, node, outputs[f"{node.name}_binput"])
-        got = outputs[f"{node.name}_acc"].reshape(exact.shape)
-        if not np.array_equal(got, exact):
-            bad = np.argwhere(got != exact)
-            raise AssertionError(
-                f"{what}: layer {node.attrs['module']!r}: {len(bad)} of {got.size} accumulators "
-                f"differ, first at {tuple(bad[0])}: {got[tuple(bad[0])]} != {exact[tuple(bad[0])]}"
-            )
-        compared += got.size
-    return compared
+    def __init__(self, model: nn.Module, graph: Graph) -> None:
+        self.graph = graph
+        self.layers: dict[str, tuple[Node, nn.Module, torch.Tensor]] = {}
+        for node in graph.binary_nodes():
+            layer = model.get_submodule(node.attrs["module"])
+            export = layer.export_weights()
+            bits = torch.from_numpy(export.bits.astype(np.float32))
+            assert bits[0].numel() < 2**24
+            scale = torch.from_numpy(export.scale).reshape(-1, *[1] * (bits.dim() - 1))
+            with torch.no_grad():
+                np.testing.assert_allclose(layer.quantized_weight(), bits * scale, rtol=1e-6)
+            self.layers[node.name] = (node, layer, bits)
+
+    def exact(self, name: str, binput: np.ndarray) -> np.ndarray:
+        node, layer, bits = self.layers[name]
+        a = torch.from_numpy(np.where(binput >= 0, 1.0, -1.0).astype(np.float32))
+        if node.op == "blinear":
+            return (a.reshape(len(a), -1) @ bits.T).numpy()
+        ph, pw = layer.padding
+        a = F.pad(a, (pw, pw, ph, ph), value=layer.pad_value)
+        return F.conv2d(a, bits, None, layer.stride, 0, layer.dilation, layer.groups).numpy()
+
+    def check(self, outputs: dict[str, np.ndarray], what: str) -> int:
+        """Every binary layer's ``<node>_acc`` equals the exact integers of the tensor that
+        layer binarized in the same run (``<node>_binput``); returns how many compared."""
+        compared = 0
+        for name, (node, _, _) in self.layers.items():
+            exact = self.exact(name, outputs[f"{name}_binput"])
+            got = outputs[f"{name}_acc"].reshape(exact.shape)
+            if not np.array_equal(got, exact):
+                bad = np.argwhere(got != exact)
+                raise AssertionError(
+                    f"{what}: layer {node.attrs['module']!r}: {len(bad)} of {got.size} "
+                    f"accumulators differ, first at {tuple(bad[0])}: "
+                    f"{got[tuple(bad[0])]} != {exact[tuple(bad[0])]}"
+                )
+            compared += got.size
+        return compared

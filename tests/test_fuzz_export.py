@@ -26,9 +26,9 @@ from bnn_export.errors import BnnExportError
 from bnn_export.runtime.runners import LceRunner, OnnxRuntimeRunner, OpenVinoRunner
 from tests.fuzz_models import (
     BlockSpec,
+    ExactAccumulators,
     ModelSpec,
     build_model,
-    check_accumulators,
     check_parity,
     input_shape,
     inputs,
@@ -54,6 +54,7 @@ def onnx_parity(spec: ModelSpec) -> None:
     x = inputs(spec, N_INPUTS)
     ref32, ref64 = reference(model, x)
     graph = graph_from_torch(model, input_shape(spec))
+    exact = ExactAccumulators(model, graph)
     for target in ("onnxruntime", "openvino", "reference"):
         proto = to_onnx(graph, target=target)
         data = proto.SerializeToString()
@@ -70,7 +71,7 @@ def onnx_parity(spec: ModelSpec) -> None:
             binary = len(graph.binary_nodes()) - len(openvino_float_layers(graph))
             assert ops.get("BinaryConvolution", 0) == binary, ops
         outputs = acc_runner.outputs(x[:N_EXACT])
-        check_accumulators(model, graph, outputs, f"onnx/{target}")
+        exact.check(outputs, f"onnx/{target}")
     # the numpy reference of our op, in onnx's ReferenceEvaluator, on a few inputs
     from onnx.reference import ReferenceEvaluator
 
@@ -79,7 +80,7 @@ def onnx_parity(spec: ModelSpec) -> None:
     got = evaluator.run(None, {"input": x[:4]})
     check_parity(np.asarray(got[0]), ref32[:4], ref64[:4], "onnx.reference evaluator")
     names = [o.name for o in proto.graph.output]
-    check_accumulators(model, graph, dict(zip(names, got, strict=True)), "onnx.reference evaluator")
+    exact.check(dict(zip(names, got, strict=True)), "onnx.reference evaluator")
 
 
 def tflite_parity(spec: ModelSpec, lce: LceServer) -> None:
