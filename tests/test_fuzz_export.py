@@ -60,6 +60,8 @@ def onnx_parity(spec: ModelSpec) -> None:
         data = proto.SerializeToString()
         runner = OpenVinoRunner(data) if target == "openvino" else OnnxRuntimeRunner(data)
         check_parity(runner.predict(x), ref32, ref64, f"onnx/{target}")
+        if target == "reference":  # its accumulator is a float Conv: checked via logits
+            continue
         # bit-exact: each binary layer's integer accumulator, exposed as an extra output
         # and computed by the target's own binary kernel, on what that layer binarized
         exposed = to_onnx(graph, target=target, accumulators=True).SerializeToString()
