@@ -49,9 +49,20 @@ def openvino_float_layers(graph: Graph) -> list[str]:
 def _openvino_binary_ok(n: Node, in_shape: tuple[int, ...]) -> bool:
     """OpenVINO's CPU plugin fuses FakeQuantize + Conv into BinaryConvolution only for
     ungrouped convs (grouped ones run as a float GroupConvolution: found by the fuzz
-    suite's runtime-op check), and computes it right only for channels a multiple of 8."""
-    if n.op == "bconv" and int(n.attrs["groups"]) > 1:
-        return False
+    suite's runtime-op check), compiles it only with an output no smaller than the zero
+    padding, and computes it right only for channels a multiple of 8."""
+    if n.op == "bconv":
+        a = n.attrs
+        if int(a["groups"]) > 1:
+            return False
+        if float(a["pad_value"]) == 0.0:
+            # zero padding stays in the Conv; OpenVINO's CPU plugin refuses to compile a
+            # BinaryConvolution whose output is smaller than its padding ("has unsupported
+            # parameters", e.g. 5x5 dilation 2 'same' on a 5x5 map; found by the fuzz suite)
+            for i in range(2):
+                k, s, p, d = a["kernel"][i], a["stride"][i], a["padding"][i], a["dilation"][i]
+                if (in_shape[2 + i] + 2 * p - d * (k - 1) - 1) // s + 1 < p:
+                    return False
     return in_shape[1] % OPENVINO_CHANNEL_MULTIPLE == 0
 
 
