@@ -36,8 +36,8 @@ from tests.fuzz_models import (
     reference,
 )
 
-ONNX_EXAMPLES = int(os.environ.get("BNN_FUZZ_EXAMPLES", 120))
-TFLITE_EXAMPLES = int(os.environ.get("BNN_FUZZ_EXAMPLES", 100))
+ONNX_EXAMPLES = int(os.environ.get("BNN_FUZZ_EXAMPLES", 150))
+TFLITE_EXAMPLES = int(os.environ.get("BNN_FUZZ_EXAMPLES", 60))
 SEEDED = os.environ.get("BNN_FUZZ_SEEDED", "1") != "0"
 N_INPUTS = 24
 N_EXACT = 8  # inputs whose binary-layer accumulators are compared bit-exactly
