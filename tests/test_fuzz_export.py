@@ -160,7 +160,13 @@ REGRESSIONS: list[ModelSpec] = [
     replace(
         _one_block(kernel=5, dilation=2, same=True, out=1), stem=8, stem_kernel=1, stem_padding=0
     ),  # fmt: skip
-]
+    # onnx.reference evaluator (4 inputs): one SiMaN-centred input of -3e-8 binarized
+    # differently from torch (a rounding flip, not a bug: the accumulators are exact), and
+    # 3 of 4 failed a 90% rule; now all but max(1, 10%) of the stable samples must match
+    ModelSpec(3, 12, 29, (BlockSpec(29, 1, 1, 1, False, 1, 0.0, True, "none", False),
+                          BlockSpec(1, 1, 2, 1, False, 1, 0.0, False, "none")),
+              "blinear", 4, "siman", 4, stem_kernel=1, stem_stride=2, stem_padding=0),
+]  # fmt: skip
 
 
 def _b(out: int, stride: int = 1, groups: int = 1) -> BlockSpec:
