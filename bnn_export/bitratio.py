@@ -51,7 +51,7 @@ class LayerRatio:
 
 
 def fix_layer_bits(
-    scores: np.ndarray, scale: np.ndarray, p: float, granularity: str
+    scores: np.ndarray, scale: np.ndarray, p: float, granularity: str, layer: str | None = None
 ) -> tuple[WeightExport, LayerRatio]:
     """Bits with exactly round(p*n) ones per channel (or per layer), and the check of it."""
     p = check_bit_ratio(p)
@@ -62,29 +62,70 @@ def fix_layer_bits(
     rows = (
         scores.reshape(scores.shape[0], -1) if granularity == "channel" else scores.reshape(1, -1)
     )
-    check_ratio_meetable(p, rows.shape[1], granularity)
+    check_ratio_meetable(p, rows.shape[1], granularity, layer)
     bits = ot_sort_bits(rows, p).reshape(scores.shape)
     export = WeightExport(bits, scale.astype(np.float32))
     ratio = verify_ratio(export, p, granularity)
     return export, ratio
 
 
-def check_ratio_meetable(p: float, n: int, granularity: str) -> None:
+def check_ratio_meetable(p: float, n: int, granularity: str, layer: str | None = None) -> None:
     """Refuse a ratio that gives a channel (or layer) of n weights all -1 or all +1 bits.
 
     round(p*n) = 0 (or = n) would make every weight of the row the same sign: the layer
     then ignores its input pattern entirely, which is never what a ratio was asked for.
     """
-    ones = count_of_top(p, n)
-    if ones == 0 or ones == n:
-        sign, need = (
-            ("-1", f"p >= {0.5 / n:.4g}") if ones == 0 else ("+1", f"p < {1 - 0.5 / n:.4g}")
-        )
+    if _unmeetable(p, n):
         raise BnnExportError(
-            f"bit ratio {p} cannot be met: round({p} * {n}) = {ones} of the {n} weights per "
-            f"{granularity} would be +1, so every weight would be {sign}",
-            hint=f"use a ratio with {need} (n = {n} weights per {granularity}), or --ot-granularity layer",
+            _unmeetable_message(p, n, granularity, layer),
+            hint=f"use {_meetable_range(n)} (n = {n} weights per {granularity})"
+            + (", or --ot-granularity layer" if granularity == "channel" else ""),
         )
+
+
+def _unmeetable(p: float, n: int) -> bool:
+    return count_of_top(p, n) in (0, n)
+
+
+def _unmeetable_message(p: float, n: int, granularity: str, layer: str | None) -> str:
+    ones = count_of_top(p, n)
+    where = f" in layer {layer!r}" if layer else ""
+    achievable = f" (achievable there: k/{n}, k = 1..{n - 1})" if layer and n > 1 else ""
+    return (
+        f"bit ratio {p} cannot be met{where}: round({p} * {n}) = {ones} of the {n} weights per "
+        f"{granularity} would be +1, so every weight would be {'-1' if ones == 0 else '+1'}"
+        + achievable
+    )
+
+
+def _meetable_range(n: int) -> str:
+    """The ratios p that n weights meet: 1 <= round(p*n) <= n - 1."""
+    if n < 2:
+        return "no ratio at all (one weight is all -1 or all +1)"
+    return f"a ratio with {0.5 / n:.4g} <= p < {1 - 0.5 / n:.6g}"
+
+
+def check_model_ratio_meetable(model: nn.Module, p: float, granularity: str) -> None:
+    """Refuse, before any training, a ratio that some binary layer of ``model`` cannot meet
+    (what ``fix_bit_ratios`` and ``convert --bit-ratio`` would refuse afterwards).
+
+    The error names the first such layer and its achievable ratios; the hint gives the
+    range every layer meets (bounded by the layer with the fewest weights per row).
+    """
+    p = check_bit_ratio(p)
+    sizes = {
+        name: int(np.prod(layer.weight.shape[1:] if granularity == "channel" else layer.weight.shape))
+        for name, layer in binary_layers(model)
+    }  # fmt: skip
+    for name, n in sizes.items():
+        if _unmeetable(p, n):
+            tight = min(sizes, key=lambda k: sizes[k])
+            raise BnnExportError(
+                _unmeetable_message(p, n, granularity, name),
+                hint=f"use {_meetable_range(sizes[tight])}, which every layer meets (the "
+                f"tightest is {tight!r}: n = {sizes[tight]} weights per {granularity})"
+                + (", or --ot-granularity layer" if granularity == "channel" else ""),
+            )
 
 
 def verify_ratio(export: WeightExport, p: float, granularity: str) -> LayerRatio:
@@ -137,7 +178,7 @@ def fix_bit_ratios(
                 "without --prune-rate"
             )
         scores = quantizer.score(layer.weight).cpu().numpy()
-        fixed, ratio = fix_layer_bits(scores, original.scale, p, granularity)
+        fixed, ratio = fix_layer_bits(scores, original.scale, p, granularity, name)
         layer.weight_quantizer = bz.FrozenWeight(tuple(layer.weight.shape), layer.binarizer, fixed)
         report[name] = ratio
     if not report:

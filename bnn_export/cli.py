@@ -137,10 +137,11 @@ def train(
     )
     if not lr > 0 or lr != lr:
         raise BnnExportError(f"--lr must be a positive number, got {lr}")
-    if output is not None:
-        check_writable(output)
     data = load_dataset(dataset)
     arch = arch_spec(model_name, num_classes=data.num_classes, pad_value=float(pad_value))
+    check_ratio_before_training(arch, config)
+    if output is not None:
+        check_writable(output)
     settings = TrainSettings(
         epochs=epochs,
         batch_size=batch_size,
@@ -224,9 +225,12 @@ def sweep(
             f"--bit-ratios must be comma-separated numbers, got {bit_ratios!r}"
         ) from None
     binarizer_registry.get("equal_bits", granularity=ot_granularity)  # validates the name
-    check_writable(output)
     data = load_dataset(dataset)
     arch = arch_spec(model_name, num_classes=data.num_classes)
+    check_ratio_before_training(
+        arch, binarizer_registry.get("equal_bits", granularity=ot_granularity), ratios
+    )
+    check_writable(output)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False)
     rows = run_sweep(
         arch=arch,
@@ -253,6 +257,28 @@ def sweep(
         as_json,
         markdown_table(rows, title) + f"\nwritten to {output}/",
     )
+
+
+def check_ratio_before_training(
+    arch: dict[str, Any],
+    config: binarizer_registry.BinarizerConfig,
+    ratios: list[float] | None = None,
+) -> None:
+    """Refuse a bit ratio some binary layer of ``arch`` cannot meet, before any training
+    (``convert --bit-ratio`` would refuse the trained model). ``ratios``: the ratios a
+    sweep will fix; default: the binarizer's own ``bit_ratio`` (Equal Bits, no pruning)."""
+    params = config.params
+    if ratios is None:
+        if "bit_ratio" not in params or params.get("prune_rate", 0.0) > 0:
+            return
+        ratios = [params["bit_ratio"]]
+    from bnn_export.bitratio import check_model_ratio_meetable
+    from bnn_export.models.torch_build import build_torch_model
+
+    # layer shapes and torch module names (the larq model has the same layers)
+    model = build_torch_model(arch, config)
+    for p in ratios:
+        check_model_ratio_meetable(model, p, params.get("granularity", "channel"))
 
 
 def binarizer_params(**given: Any) -> dict[str, Any]:

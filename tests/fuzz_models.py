@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from bnn_export.binarizers import BinarizerConfig, get
+from bnn_export.convert.graph import Graph, Node
 from bnn_export.models.layers import BinaryConv2d, BinaryLinear
 from bnn_export.train_torch import recalibrate_batchnorm
 
@@ -32,7 +34,8 @@ BINARIZERS: dict[str, BinarizerConfig] = {
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """Binary conv -> batch norm [-> + input] [-> pooling]."""
+    """Binary conv (or a float conv: ``binary=False``) -> batch norm [-> + input]
+    [-> pooling]."""
 
     out: int
     kernel: int
@@ -43,6 +46,7 @@ class BlockSpec:
     pad_value: float
     residual: bool
     pool: str  # "none" | "max" | "avg"
+    binary: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class ModelSpec:
     hidden: int
     binarizer: str
     seed: int
+    stem_kernel: int = 3
+    stem_stride: int = 1
+    stem_padding: int = 1
 
 
 def _out(h: int, k: int, s: int, p: int, d: int) -> int:
@@ -66,10 +73,16 @@ def model_specs(draw: st.DrawFn) -> ModelSpec:
     in_channels = draw(st.sampled_from([1, 3]))
     size = draw(st.integers(5, 12))
     stem = draw(st.integers(1, 40))
+    # the float stem: any kernel/stride/padding (a stride-2 padded float conv was exported
+    # wrong to TFLite before 76fc01a, unseen while the stem was always 3x3/1/1)
+    stem_kernel = draw(st.sampled_from([1, 3, 5]))
+    stem_stride = draw(st.sampled_from([1, 2]))
+    stem_padding = draw(st.integers(0, stem_kernel // 2))
     blocks = []
-    channels, h = stem, size
+    channels, h = stem, _out(size, stem_kernel, stem_stride, stem_padding, 1)
     for _ in range(draw(st.integers(1, 3))):
-        out = draw(st.integers(1, 70))
+        # keep the width in 1 of 4 blocks (residual adds need it), else any 1-70
+        out = channels if draw(st.integers(0, 3)) == 0 else draw(st.integers(1, 70))
         kernel = draw(st.sampled_from([1, 3, 5]))
         dilation = draw(st.sampled_from([1, 2]))
         stride = draw(st.sampled_from([1, 2]))
@@ -81,17 +94,19 @@ def model_specs(draw: st.DrawFn) -> ModelSpec:
             st.sampled_from([g for g in (1, 2, 3, 4) if channels % g == 0 and out % g == 0])
         )
         residual = stride == 1 and (same or kernel == 1) and out == channels and draw(st.booleans())
+        binary = draw(st.integers(0, 5)) > 0  # 1 in 6 blocks: a float conv mid-network
         h = _out(h, kernel, stride, pad, dilation)
         pool = draw(st.sampled_from(["none", "max", "avg"])) if h >= 4 else "none"
         if pool != "none":
             h = (h - 2) // 2 + 1
         blocks.append(BlockSpec(out, kernel, stride, dilation, same, groups,
-                                draw(st.sampled_from([0.0, 1.0])), residual, pool))  # fmt: skip
+                                draw(st.sampled_from([0.0, 1.0])), residual, pool, binary))  # fmt: skip
         channels = out
     return ModelSpec(
         in_channels=in_channels, size=size, stem=stem, blocks=tuple(blocks),
         head=draw(st.sampled_from(["gap", "blinear"])), hidden=draw(st.integers(1, 40)),
         binarizer=draw(st.sampled_from(sorted(BINARIZERS))), seed=draw(st.integers(0, 2**16)),
+        stem_kernel=stem_kernel, stem_stride=stem_stride, stem_padding=stem_padding,
     )  # fmt: skip
 
 
@@ -99,9 +114,14 @@ class Block(nn.Module):
     def __init__(self, cin: int, b: BlockSpec, config: BinarizerConfig) -> None:
         super().__init__()
         pad = b.dilation * (b.kernel - 1) // 2 if b.same else 0
-        self.conv = BinaryConv2d(cin, b.out, b.kernel, binarizer=config, stride=b.stride,
-                                 padding=pad, dilation=b.dilation, groups=b.groups,
-                                 pad_value=b.pad_value)  # fmt: skip
+        self.conv: nn.Module
+        if b.binary:
+            self.conv = BinaryConv2d(cin, b.out, b.kernel, binarizer=config, stride=b.stride,
+                                     padding=pad, dilation=b.dilation, groups=b.groups,
+                                     pad_value=b.pad_value)  # fmt: skip
+        else:
+            self.conv = nn.Conv2d(cin, b.out, b.kernel, stride=b.stride, padding=pad,
+                                  dilation=b.dilation, groups=b.groups)  # fmt: skip
         self.bn = nn.BatchNorm2d(b.out)
         self.residual = b.residual
         self.pool: nn.Module = {"none": nn.Identity(), "max": nn.MaxPool2d(2),
@@ -118,9 +138,11 @@ class FuzzNet(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         config = BINARIZERS[spec.binarizer]
-        self.stem = nn.Conv2d(spec.in_channels, spec.stem, 3, padding=1)
+        self.stem = nn.Conv2d(spec.in_channels, spec.stem, spec.stem_kernel,
+                              stride=spec.stem_stride, padding=spec.stem_padding)  # fmt: skip
         self.stem_bn = nn.BatchNorm2d(spec.stem)
-        blocks, channels, h = [], spec.stem, spec.size
+        blocks, channels = [], spec.stem
+        h = _out(spec.size, spec.stem_kernel, spec.stem_stride, spec.stem_padding, 1)
         for b in spec.blocks:
             blocks.append(Block(channels, b, config))
             pad = b.dilation * (b.kernel - 1) // 2 if b.same else 0
@@ -188,8 +210,8 @@ def check_parity(got: np.ndarray, ref32: np.ndarray, ref64: np.ndarray, what: st
     Binary layers compute exactly; float layers round differently, and a rounding change
     can flip a sign right at 0 before a binary layer. The float64 model is the yardstick:
     samples where float32 and float64 torch already disagree are unstable and skipped;
-    of the stable ones, at least 90% must match to 1e-3 relative (a bug in a layer hits
-    nearly every sample), and all of them when the model has no room for flips.
+    of the stable ones, all but max(1, 10%) must match to 1e-3 relative (a bug in a layer
+    hits nearly every sample; a flip at ~1e-8 can still change one of 4 samples).
     """
     scale = max(1.0, float(np.abs(ref64).max()))
     tol = 1e-3 * scale
@@ -199,8 +221,57 @@ def check_parity(got: np.ndarray, ref32: np.ndarray, ref64: np.ndarray, what: st
     close = np.abs(got - ref32).max(axis=1) <= tol
     n_stable = int(stable.sum())
     assert n_stable >= len(got) // 2, f"{what}: only {n_stable} stable samples (model too chaotic)"
-    frac = float(close[stable].mean())
+    n_close = int(close[stable].sum())
     worst = float(np.abs(got - ref32)[stable].max())
-    assert frac >= 0.9, (
-        f"{what}: {frac:.0%} of {n_stable} stable samples match (max |diff| {worst:.3g}, tol {tol:.3g})"
+    assert n_stable - n_close <= max(1, n_stable // 10), (
+        f"{what}: {n_close} of {n_stable} stable samples match (max |diff| {worst:.3g}, tol {tol:.3g})"
     )
+
+
+class ExactAccumulators:
+    """Bit-exact check of binary layers' integer accumulators (``to_onnx(accumulators=True)``
+    outputs) against integers computed from the torch layers: sign(binput) (+1 at 0),
+    padded with the layer's pad value, against the signs of the layer's binarized weights.
+
+    float32 is exact here: every partial sum is an integer of magnitude <= (C/groups)*k*k,
+    far below 2^24. The weight signs are checked once to be what torch's forward uses
+    (bits * scale)."""
+
+    def __init__(self, model: nn.Module, graph: Graph) -> None:
+        self.graph = graph
+        self.layers: dict[str, tuple[Node, nn.Module, torch.Tensor]] = {}
+        for node in graph.binary_nodes():
+            layer = model.get_submodule(node.attrs["module"])
+            export = layer.export_weights()
+            bits = torch.from_numpy(export.bits.astype(np.float32))
+            assert bits[0].numel() < 2**24
+            scale = torch.from_numpy(export.scale).reshape(-1, *[1] * (bits.dim() - 1))
+            with torch.no_grad():
+                np.testing.assert_allclose(layer.quantized_weight(), bits * scale, rtol=1e-6)
+            self.layers[node.name] = (node, layer, bits)
+
+    def exact(self, name: str, binput: np.ndarray) -> np.ndarray:
+        node, layer, bits = self.layers[name]
+        a = torch.from_numpy(np.where(binput >= 0, 1.0, -1.0).astype(np.float32))
+        if node.op == "blinear":
+            return (a.reshape(len(a), -1) @ bits.T).numpy()
+        ph, pw = layer.padding
+        a = F.pad(a, (pw, pw, ph, ph), value=layer.pad_value)
+        return F.conv2d(a, bits, None, layer.stride, 0, layer.dilation, layer.groups).numpy()
+
+    def check(self, outputs: dict[str, np.ndarray], what: str) -> int:
+        """Every binary layer's ``<node>_acc`` equals the exact integers of the tensor that
+        layer binarized in the same run (``<node>_binput``); returns how many compared."""
+        compared = 0
+        for name, (node, _, _) in self.layers.items():
+            exact = self.exact(name, outputs[f"{name}_binput"])
+            got = outputs[f"{name}_acc"].reshape(exact.shape)
+            if not np.array_equal(got, exact):
+                bad = np.argwhere(got != exact)
+                raise AssertionError(
+                    f"{what}: layer {node.attrs['module']!r}: {len(bad)} of {got.size} "
+                    f"accumulators differ, first at {tuple(bad[0])}: "
+                    f"{got[tuple(bad[0])]} != {exact[tuple(bad[0])]}"
+                )
+            compared += got.size
+        return compared

@@ -251,6 +251,35 @@ def test_bit_ratio_that_cannot_be_met(
                  "--bit-ratio", "0.01", "--no-validate", "--json"]) == 0  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "args, layer, sign",
+    [
+        (("--bit-ratio", "0.001"), "conv1", "-1"),  # round(0.001 * 288) = 0
+        (("--bit-ratio", "0.999"), "conv1", "+1"),
+        # per layer n is the whole layer (conv1: 18432 weights)
+        (("--bit-ratio", "0.00001", "--ot-granularity", "layer"), "conv1", "-1"),
+    ],
+)
+def test_train_refuses_a_bit_ratio_that_cannot_be_met(
+    args: tuple[str, ...], layer: str, sign: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Refused before any training (no dataset pass, no output), naming the layer and the
+    ratios the model can meet."""
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    err = cli_fails(capsys, "train", "--binarizer", "equal_bits", *args, "--epochs", "50",
+                    "-o", str(out), "--quiet", match="cannot be met")  # fmt: skip
+    assert time.perf_counter() - t0 < 30, "checked before training"
+    assert f"in layer {layer!r}" in err and f"every weight would be {sign}" in err
+    assert "which every layer meets" in err and "achievable there: k/" in err
+    assert not out.exists() and os.listdir(tmp_path) == []
+    # a sweep over ratios refuses up front too
+    err = cli_fails(capsys, "sweep", "--bit-ratios", "0.5,0.001", "--epochs", "50", "-o",
+                    str(tmp_path / "sweep"), "--quiet", match="cannot be met")  # fmt: skip
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_one_weight_per_channel_never_meets_a_ratio() -> None:
     scores = np.random.default_rng(0).normal(size=(4, 1, 1, 1)).astype(np.float32)
     for p in (0.1, 0.5, 0.9):

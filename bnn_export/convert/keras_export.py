@@ -10,9 +10,21 @@ Padding, following LCE 0.16's behaviour:
 - otherwise with pad value +1: the float input is padded with +1.0 *before* the sign
   (sign(+1) = +1), top/left p and bottom/right only what the last window reads, then a
   VALID binary conv; LCE turns that into ``LceBconv2d`` too;
-- otherwise with pad value 0 (e.g. strided): sign, zero padding, then a float conv with
-  the +-1 kernel: exact, but LCE keeps it a float CONV_2D. Such layers are reported as
-  float fallbacks, never dropped.
+- otherwise with pad value 0 (e.g. strided): a float fallback (below).
+
+Float fallbacks: sign(x) (as ``cast(x >= 0) * 2 - 1``, which LCE does not rewrite),
+padding with the pad value, then a float conv with the +-scale kernel: exact (integer
+sums), a float CONV_2D in the .tflite, and reported (``lce_float_reason``), never dropped.
+Besides pad value 0 with explicit padding, LCE 0.16 cannot make these 1-bit (probed in
+tests/test_fuzz_export.py, docs/reliability.md):
+
+- grouped convs: the converter emits a grouped ``LceBconv2d`` only with a multiple of 32
+  input channels per group (otherwise a float conv), and LCE's default BGEMM kernel then
+  refuses it at ``AllocateTensors`` ("Grouped binary convolutions are not supported with
+  this kernel"; only the indirect-BGEMM kernel runs them);
+- an output channel with ``|scale| <= 2^-23`` (float32 epsilon): LCE's converter then does
+  not recognize the kernel as binary and silently keeps the whole conv float (IR-Net's
+  scale is 2^-40 when a channel has a single weight).
 
 Activation preprocessing (per-channel threshold, SiMaN's centring, SD-BNN's SE branch)
 stays float ops before the sign. Flatten reorders to PyTorch's C, H, W order so dense
@@ -30,12 +42,50 @@ from bnn_export.errors import BnnExportError
 from bnn_export.geometry import minimal_pads
 
 
+def _keras_name(node: str) -> str:
+    """A Keras layer name for a graph node: fx names modules of an nn.Sequential model
+    "_0", "_1", ..., but a TF name scope must start with a letter or digit."""
+    name = node.replace(".", "_")
+    return name if name[:1].isalnum() else f"layer{name}"
+
+
 def _hwio(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0))).astype(np.float32)
 
 
-#: LceBconv2d supports groups > 1 only with this many input channels per group (a multiple).
-LCE_GROUP_CHANNELS = 32
+#: LCE's converter treats a kernel as binary only if every output channel's |scale| is
+#: above float32's epsilon (larq_compute_engine/mlir/transforms: IsBinaryFilter).
+LCE_MIN_SCALE = float(np.finfo(np.float32).eps)
+
+
+def lce_float_reason(n: Node, in_shape: tuple[int, ...]) -> str | None:
+    """Why LCE 0.16 cannot run binary layer ``n`` as ``LceBconv2d`` (None if it can)."""
+    a = n.attrs
+    if float(np.abs(a["weights"].scale).min()) <= LCE_MIN_SCALE:
+        return "an output channel's weight scale is <= 2^-23 (LCE would silently keep it float)"
+    if n.op == "blinear":
+        return None
+    if a["groups"] > 1:
+        return "grouped (LCE's default kernel cannot run grouped binary convs)"
+    k, s, p, d = a["kernel"], a["stride"], a["padding"], _dilation(a)
+    pad_value = float(a["pad_value"])
+    if any(p) and pad_value == 0.0 and not _lce_same(k, s, p, d, in_shape, pad_value):
+        return "zero padding that LCE cannot fuse"
+    return None
+
+
+def _lce_same(
+    k: tuple[int, int], s: tuple[int, int], p: tuple[int, int], d: tuple[int, int],
+    in_shape: tuple[int, ...], pad_value: float,
+) -> bool:  # fmt: skip
+    """LCE's fused 'same' padding applies: stride 1, odd kernel, p = d*(k-1)/2; with pad
+    value 0 also a map no smaller than the kernel's span (LCE's zero-padding correction is
+    wrong there: 3x3 'same' on 2x2, found by tests/test_fuzz_export.py)."""
+    return all(
+        s[i] == 1 and k[i] % 2 == 1 and p[i] == d[i] * (k[i] - 1) // 2
+        and (pad_value != 0.0 or in_shape[2 + i] >= d[i] * (k[i] - 1) + 1)
+        for i in range(2)
+    )  # fmt: skip
 
 
 def _dilation(a: dict[str, Any]) -> tuple[int, int]:
@@ -81,7 +131,7 @@ def build_keras_model(graph: Graph) -> tuple[Any, list[str]]:
 
     for n in graph.nodes:
         a = n.attrs
-        name = n.name.replace(".", "_")
+        name = _keras_name(n.name)
         if n.op == "input":
             tensors[n.name] = inputs
             continue
@@ -194,42 +244,45 @@ def _binary(
     w = a["weights"]
     kernel = (w.bits * w.scale.reshape(-1, *[1] * (w.bits.ndim - 1))).astype(np.float32)
     x = _preprocess(n, x, len(in_shape), name, tf, keras)
+    float_conv = lce_float_reason(n, in_shape) is not None
     if n.op == "blinear":  # LCE has no binary dense op: a 1x1 binary conv on a (1, 1, F) map
         x = keras.layers.Reshape((1, 1, in_shape[1]), name=f"{name}_as_map")(x)
-        conv = lq.layers.QuantConv2D(kernel.shape[0], 1, input_quantizer="ste_sign", kernel_quantizer=None,
-                                     use_bias=False, name=name)  # fmt: skip
+        if float_conv:
+            x = _exact_sign(x, name, tf, keras)
+        conv = lq.layers.QuantConv2D(kernel.shape[0], 1, input_quantizer=None if float_conv else "ste_sign",
+                                     kernel_quantizer=None, use_bias=False, name=name)  # fmt: skip
         y = conv(x)
         layer_weights.append((conv, [_hwio(kernel[:, :, None, None])]))
-        return keras.layers.Reshape((kernel.shape[0],), name=f"{name}_flat")(y), False
+        return keras.layers.Reshape((kernel.shape[0],), name=f"{name}_flat")(y), float_conv
     k, s, p, d = a["kernel"], a["stride"], a["padding"], _dilation(a)
     pad_value = float(a["pad_value"])
     common = dict(filters=kernel.shape[0], kernel_size=k, strides=s, dilation_rate=d, groups=a["groups"],
                   use_bias=False, kernel_quantizer=None, name=name)  # fmt: skip
-    same = all(s[i] == 1 and k[i] % 2 == 1 and p[i] == d[i] * (k[i] - 1) // 2 for i in range(2))
-    if same and pad_value == 0.0 and any(in_shape[2 + i] < d[i] * (k[i] - 1) + 1 for i in range(2)):
-        # LCE's zero-padding correction is wrong when the map is smaller than the kernel's
-        # span (e.g. 3x3 'same' on 2x2; found by tests/test_fuzz_export.py): take the
-        # explicit path below (exact float conv over sign(x) padded with zeros)
-        same = False
-    # LCE binarizes grouped convs only with a multiple of 32 input channels per group;
-    # otherwise it silently emits a float CONV_2D over sign(x) (exact, but not 1-bit)
-    float_conv = a["groups"] > 1 and (in_shape[1] // a["groups"]) % LCE_GROUP_CHANNELS != 0
-    if not any(p) or same:
+    pads = [minimal_pads(in_shape[2 + i], k[i], s[i], p[i], d[i]) for i in range(2)]
+    paddings = [[0, 0], list(pads[0]), list(pads[1]), [0, 0]]
+    if float_conv:
+        x = _exact_sign(x, name, tf, keras)
+        if any(p):
+            x = keras.layers.Lambda(
+                lambda t: tf.pad(t, paddings, constant_values=pad_value), name=f"{name}_pad"
+            )(x)
+        conv = lq.layers.QuantConv2D(input_quantizer=None, padding="valid", **common)
+    elif not any(p) or _lce_same(k, s, p, d, in_shape, pad_value):
         conv = lq.layers.QuantConv2D(input_quantizer="ste_sign", padding="same" if any(p) else "valid",
                                      pad_values=pad_value, **common)  # fmt: skip
-    else:
-        pads = [minimal_pads(in_shape[2 + i], k[i], s[i], p[i], d[i]) for i in range(2)]
-        paddings = [[0, 0], list(pads[0]), list(pads[1]), [0, 0]]
-        if pad_value == 1.0:
-            x = keras.layers.Lambda(
-                lambda t: tf.pad(t, paddings, constant_values=1.0), name=f"{name}_pad"
-            )(x)
-            conv = lq.layers.QuantConv2D(input_quantizer="ste_sign", padding="valid", **common)
-        else:
-            x = keras.layers.Lambda(lambda t: tf.where(t >= 0, 1.0, -1.0), name=f"{name}_sign")(x)
-            x = keras.layers.Lambda(lambda t: tf.pad(t, paddings), name=f"{name}_pad")(x)
-            conv = lq.layers.QuantConv2D(input_quantizer=None, padding="valid", **common)
-            float_conv = True
+    else:  # pad value +1 (0 is a float fallback): pad the float input with +1.0 before the sign
+        x = keras.layers.Lambda(
+            lambda t: tf.pad(t, paddings, constant_values=1.0), name=f"{name}_pad"
+        )(x)
+        conv = lq.layers.QuantConv2D(input_quantizer="ste_sign", padding="valid", **common)
     y = conv(x)
     layer_weights.append((conv, [_hwio(kernel)]))
     return y, float_conv
+
+
+def _exact_sign(x: Any, name: str, tf: Any, keras: Any) -> Any:
+    """+1 where x >= 0, else -1, in a form LCE's converter leaves alone (it rewrites
+    ``where(x >= 0, 1, -1)`` into its quantize ops, and then the conv into LceBconv2d)."""
+    return keras.layers.Lambda(
+        lambda t: tf.cast(t >= 0, tf.float32) * 2.0 - 1.0, name=f"{name}_sign"
+    )(x)

@@ -32,9 +32,10 @@ OPENVINO_DOMAIN = "org.openvinotoolkit"
 #: -2^-22, so x == 0 maps to +1 like everywhere else (a symmetric range maps 0 to -1);
 #: inputs in (-2^-22, 0) also map to +1 there, a documented deviation.
 OPENVINO_FQ_LOW, OPENVINO_FQ_HIGH = -(2.0**-20), 2.0**-21
-#: OpenVINO's CPU BinaryConvolution computes wrong sums when the input channels per group
-#: are not a multiple of 8 (found by tests/test_fuzz_export.py, openvino 2025); such layers
-#: are exported as an exact float Conv over sign(x) instead (integer sums, no rounding).
+#: OpenVINO's CPU BinaryConvolution computes wrong sums when the input channels are not a
+#: multiple of 8 (found by tests/test_fuzz_export.py, openvino 2025); such layers, and
+#: grouped ones (never fused into BinaryConvolution), are exported as an exact float Conv
+#: over sign(x) instead (integer sums, no rounding) and reported as float fallbacks.
 OPENVINO_CHANNEL_MULTIPLE = 8
 
 
@@ -46,16 +47,33 @@ def openvino_float_layers(graph: Graph) -> list[str]:
 
 
 def _openvino_binary_ok(n: Node, in_shape: tuple[int, ...]) -> bool:
-    groups = 1 if n.op == "blinear" else int(n.attrs["groups"])
-    return (in_shape[1] // groups) % OPENVINO_CHANNEL_MULTIPLE == 0
+    """OpenVINO's CPU plugin fuses FakeQuantize + Conv into BinaryConvolution only for
+    ungrouped convs (grouped ones run as a float GroupConvolution: found by the fuzz
+    suite's runtime-op check), compiles it only with an output no smaller than the zero
+    padding, and computes it right only for channels a multiple of 8."""
+    if n.op == "bconv":
+        a = n.attrs
+        if int(a["groups"]) > 1:
+            return False
+        if float(a["pad_value"]) == 0.0:
+            # zero padding stays in the Conv; OpenVINO's CPU plugin refuses to compile a
+            # BinaryConvolution whose output is smaller than its padding ("has unsupported
+            # parameters", e.g. 5x5 dilation 2 'same' on a 5x5 map; found by the fuzz suite)
+            for i in range(2):
+                k, s, p, d = a["kernel"][i], a["stride"][i], a["padding"][i], a["dilation"][i]
+                if (in_shape[2 + i] + 2 * p - d * (k - 1) - 1) // s + 1 < p:
+                    return False
+    return in_shape[1] % OPENVINO_CHANNEL_MULTIPLE == 0
 
 
 class _Builder:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, accumulators: bool = False) -> None:
         self.target = target
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.used_domains: set[str] = set()
+        self.accumulators = accumulators
+        self.extra_outputs: list[tuple[str, list[Any]]] = []
 
     def const(self, name: str, value: np.ndarray | np.generic) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
@@ -73,14 +91,24 @@ class _Builder:
 
 
 def to_onnx(
-    graph: Graph, *, target: str = "onnxruntime", metadata: dict[str, Any] | None = None
+    graph: Graph,
+    *,
+    target: str = "onnxruntime",
+    metadata: dict[str, Any] | None = None,
+    accumulators: bool = False,
 ) -> onnx.ModelProto:
-    """Build the ONNX model of an export graph (batch dimension dynamic: ``N``)."""
+    """Build the ONNX model of an export graph (batch dimension dynamic: ``N``).
+
+    ``accumulators`` (for tests): per binary layer, two more graph outputs after the model's
+    own: ``<node>_binput``, the float tensor the layer binarizes, and ``<node>_acc``, its
+    integer accumulator sum(a * w) (as float32, [N, O, H, W]) computed by the target's
+    binary kernel (onnxruntime: one more BinaryConv2d with multiplier 1 and bias 0).
+    """
     if target not in TARGETS:
         raise BnnExportError(
             f"Expected `target` to be one of {', '.join(TARGETS)}, but got {target!r}"
         )
-    b = _Builder(target)
+    b = _Builder(target, accumulators)
     names: dict[str, str] = {}  # graph node -> tensor name
     folded: set[str] = set()  # bn nodes folded into the preceding binary op
     shapes = graph.shapes()
@@ -102,6 +130,10 @@ def to_onnx(
             helper.make_tensor_value_info(
                 names[graph.output], TensorProto.FLOAT, ["N", *out_shape[1:]]
             )
+        ]
+        + [
+            helper.make_tensor_value_info(t, TensorProto.FLOAT, shape)
+            for t, shape in b.extra_outputs
         ],
         b.inits,
     )
@@ -206,6 +238,12 @@ def _emit_binary(
     linear = n.op == "blinear"
     in_shape = shapes[n.inputs[0]]
     x = _activation_input(b, n, x, len(in_shape))
+    if b.accumulators:
+        out_shape = [len(w.bits), 1, 1] if linear else list(shapes[n.name][1:])
+        b.extra_outputs += [
+            (b.node("Identity", [x], f"{name}_binput"), ["N", *in_shape[1:]]),
+            (f"{name}_acc", ["N", *out_shape]),
+        ]
     multiplier = w.scale.astype(np.float32)
     bias = np.zeros_like(multiplier)
     consumers = graph.consumers(n.name)
@@ -226,16 +264,34 @@ def _emit_binary(
         )
     if b.target == "onnxruntime":
         b.used_domains.add(DOMAIN)
-        b.nodes.append(make_binary_conv2d_node(
-            [x, b.const(f"{name}_wpacked", pack_conv_weights(bits4)), b.const(f"{name}_multiplier", multiplier),
-             b.const(f"{name}_bias", bias.astype(np.float32))],
-            [f"{name}_y" if linear else name], channels_in=in_shape[1], kernel_shape=kernel,
-            strides=stride, pads=[ph, pw, ph, pw], dilations=dilation, group=groups,
-            pad_value=pad_value, name=f"{name}_y" if linear else name,
-        ))  # fmt: skip
+        packed = b.const(f"{name}_wpacked", pack_conv_weights(bits4))
+        affine = [(f"{name}_y" if linear else name, name, multiplier, bias)]
+        if b.accumulators:
+            affine.append(
+                (f"{name}_acc", f"{name}_acc", np.ones_like(multiplier), np.zeros_like(bias))
+            )
+        for out, prefix, mult, add in affine:
+            b.nodes.append(make_binary_conv2d_node(
+                [x, packed, b.const(f"{prefix}_multiplier", mult), b.const(f"{prefix}_bias", add.astype(np.float32))],
+                [out], channels_in=in_shape[1], kernel_shape=kernel, strides=stride,
+                pads=[ph, pw, ph, pw], dilations=dilation, group=groups, pad_value=pad_value, name=out,
+            ))  # fmt: skip
         y = f"{name}_y" if linear else name
     else:
+        pads = [ph, pw, ph, pw]
+
+        def pad_with_ones(t: str, what: str) -> str:
+            nonlocal pads
+            pads = [0, 0, 0, 0]
+            return b.node("Pad", [t, b.const(f"{name}_pads", np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64)),
+                          b.const(f"{name}_padval", np.float32(1))], f"{name}_{what}", mode="constant")  # fmt: skip
+
         if b.target == "openvino" and _openvino_binary_ok(n, in_shape):
+            if pad_value == 1 and (ph or pw):
+                # pad the float input with +1.0 (binarized to +1) before FakeQuantize: OpenVINO
+                # fuses FakeQuantize -> Conv into BinaryConvolution, but not FakeQuantize ->
+                # Pad -> Conv (found by the fuzz suite's runtime-op check)
+                x = pad_with_ones(x, "padded_input")
             lo, hi = (
                 b.const(f"{name}_fq_in_lo", np.float32(OPENVINO_FQ_LOW)),
                 b.const(f"{name}_fq_in_hi", np.float32(OPENVINO_FQ_HIGH)),
@@ -257,11 +313,8 @@ def _emit_binary(
             )
             xb = b.node("Where", [cond, b.const(f"{name}_one", np.float32(1)), b.const(f"{name}_minus_one", np.float32(-1))],
                         f"{name}_sign")  # fmt: skip
-        pads = [ph, pw, ph, pw]
-        if pad_value == 1 and (ph or pw):
-            xb = b.node("Pad", [xb, b.const(f"{name}_pads", np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64)),
-                        b.const(f"{name}_padval", np.float32(1))], f"{name}_padded", mode="constant")  # fmt: skip
-            pads = [0, 0, 0, 0]
+        if pad_value == 1 and any(pads):
+            xb = pad_with_ones(xb, "padded")
         conv = b.node("Conv", [xb, b.const(f"{name}_w", bits4.astype(np.float32))], f"{name}_acc",
                       kernel_shape=list(kernel), strides=list(stride), pads=pads,
                       dilations=list(dilation), group=groups)  # fmt: skip

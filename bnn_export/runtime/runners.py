@@ -76,6 +76,12 @@ class OnnxRuntimeRunner(Runner):
         out = [self.predict_one(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         return np.concatenate(out)
 
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every graph output by name, for the batch ``x`` (tests: exposed accumulators)."""
+        self.check_input(x)
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, {self.input_name: x}), strict=True))
+
 
 class OpenVinoRunner(Runner):
     def __init__(self, model: bytes, *, num_threads: int = 1) -> None:
@@ -119,6 +125,16 @@ class OpenVinoRunner(Runner):
 
     def predict_one(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.request.infer({0: x})[0]).copy()
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every graph output by name, for the batch ``x`` (run one sample at a time)."""
+        self.check_input(x)
+        per_sample = [self.request.infer({0: x[i : i + 1]}) for i in range(len(x))]
+        out = {}
+        for port in self.compiled.outputs:  # a port may carry several tensor names
+            value = np.concatenate([np.asarray(r[port]).copy() for r in per_sample])
+            out.update({name: value for name in port.get_names()})
+        return out
 
 
 class LceRunner(Runner):
