@@ -16,20 +16,15 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
-from bnn_export.binarizers import BinarizerConfig, get
+from bnn_export.binarizers import BinarizerConfig
 from bnn_export.convert.graph import Graph, Node
+from bnn_export.geometry import conv_output_size
 from bnn_export.models.layers import BinaryConv2d, BinaryLinear
 from bnn_export.train_torch import recalibrate_batchnorm
+from tests.test_onnx_export import CONFIGS
 
-BINARIZERS: dict[str, BinarizerConfig] = {
-    "ste": get("ste"),
-    "irnet": get("irnet"),
-    "siman": get("siman"),
-    "equal_bits": get("equal_bits", bit_ratio=0.4),
-    "sdbnn-se": get("sdbnn"),
-    "sdbnn-static": get("sdbnn", activation="static"),
-    "gwt": get("gwt"),
-}
+#: every binarizer, SD-BNN with both activation modes (the export tests' configurations)
+BINARIZERS: dict[str, BinarizerConfig] = CONFIGS
 
 
 @dataclass(frozen=True)
@@ -65,7 +60,7 @@ class ModelSpec:
 
 
 def _out(h: int, k: int, s: int, p: int, d: int) -> int:
-    return (h + 2 * p - d * (k - 1) - 1) // s + 1
+    return conv_output_size(h, k, s, p, p, d)
 
 
 @st.composite

@@ -24,6 +24,7 @@ from bnn_export import __version__
 from bnn_export.convert.graph import Graph, Node, fold_bn
 from bnn_export.convert.onnx_ops import DOMAIN, make_binary_conv2d_node, pack_conv_weights
 from bnn_export.errors import BnnExportError
+from bnn_export.geometry import conv_output_size
 
 TARGETS = ("onnxruntime", "openvino", "reference")
 OPSET = 17
@@ -61,7 +62,7 @@ def _openvino_binary_ok(n: Node, in_shape: tuple[int, ...]) -> bool:
             # parameters", e.g. 5x5 dilation 2 'same' on a 5x5 map; found by the fuzz suite)
             for i in range(2):
                 k, s, p, d = a["kernel"][i], a["stride"][i], a["padding"][i], a["dilation"][i]
-                if (in_shape[2 + i] + 2 * p - d * (k - 1) - 1) // s + 1 < p:
+                if conv_output_size(in_shape[2 + i], k, s, p, p, d) < p:
                     return False
     return in_shape[1] % OPENVINO_CHANNEL_MULTIPLE == 0
 

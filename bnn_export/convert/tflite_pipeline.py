@@ -28,26 +28,37 @@ def convert_tflite(
     """(.tflite bytes, facts: LceBconv2d count vs binary layers, float fallbacks)."""
     with tempfile.TemporaryDirectory(prefix="bnn-export-lce-") as tmp:
         job_dir = Path(tmp)
+        graph = None
         if source.model is not None:
             graph = graph_from_torch(source.model, source.input_shape)
             check_tflite_exportable(graph)
-            bit_ratios = graph.bit_ratios()
-            with (job_dir / "graph.pkl").open("wb") as f:
-                pickle.dump(graph, f)
-            job: dict[str, Any] = {"kind": "graph"}
+            job: dict[str, Any] = {"kind": "graph", "metadata": source.metadata(graph.bit_ratios())}
         else:
-            from bnn_export.checkpoint import resolve_checkpoint_path
-
-            bit_ratios = {}
-            job = {
-                "kind": "checkpoint",
-                "checkpoint": str(resolve_checkpoint_path(source.checkpoint_path)),
-            }
-        job["metadata"] = source.metadata(bit_ratios)
-        (job_dir / "job.json").write_text(json.dumps(job))
+            job = _checkpoint_job(source.checkpoint_path, source.metadata({}))
+        _write_job(job_dir, job, graph)
         _run_child(job_dir, timeout)
-        data = (job_dir / "model.tflite").read_bytes()
-        result = json.loads((job_dir / "result.json").read_text())
+        return _read_result(job_dir)
+
+
+def _checkpoint_job(path: str | Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    from bnn_export.checkpoint import resolve_checkpoint_path
+
+    return {"kind": "checkpoint", "checkpoint": str(resolve_checkpoint_path(path).resolve()),
+            "metadata": metadata}  # fmt: skip
+
+
+def _write_job(job_dir: Path, job: dict[str, Any], graph: Any) -> None:
+    """The files lce_worker reads: job.json and, for a graph job, graph.pkl."""
+    if graph is not None:
+        with (job_dir / "graph.pkl").open("wb") as f:
+            pickle.dump(graph, f)
+    (job_dir / "job.json").write_text(json.dumps(job))
+
+
+def _read_result(job_dir: Path) -> tuple[bytes, dict[str, Any]]:
+    """What lce_worker wrote: (.tflite bytes, checked facts)."""
+    data = (job_dir / "model.tflite").read_bytes()
+    result = json.loads((job_dir / "result.json").read_text())
     return data, _facts(data, result)
 
 
@@ -140,21 +151,14 @@ class LceServer:
     ) -> tuple[bytes, dict[str, Any]]:
         """A Larq checkpoint (file or run directory) -> (.tflite bytes, facts), as
         ``convert_tflite`` converts it."""
-        from bnn_export.checkpoint import resolve_checkpoint_path
-
-        job = {"kind": "checkpoint", "checkpoint": str(resolve_checkpoint_path(path).resolve()),
-               "metadata": metadata or {}}  # fmt: skip
-        return self._run(job, None)
+        return self._run(_checkpoint_job(path, metadata or {}), None)
 
     def _run(self, job: dict[str, Any], graph: Any) -> tuple[bytes, dict[str, Any]]:
         self._count += 1
         job_dir = self._dir / f"job{self._count}"
         job_dir.mkdir()
         try:
-            if graph is not None:
-                with (job_dir / "graph.pkl").open("wb") as f:
-                    pickle.dump(graph, f)
-            (job_dir / "job.json").write_text(json.dumps(job))
+            _write_job(job_dir, job, graph)
             proc = self._child()
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write(f"{job_dir}\n")
@@ -165,11 +169,9 @@ class LceServer:
                 raise BnnExportError(f"the LCE converter process died (status {code})")
             if answer != "ok":
                 raise BnnExportError(f"the LCE converter failed: {answer.removeprefix('error ')}")
-            data = (job_dir / "model.tflite").read_bytes()
-            result = json.loads((job_dir / "result.json").read_text())
+            return _read_result(job_dir)
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
-        return data, _facts(data, result)
 
     def close(self) -> None:
         if self._proc is not None:
