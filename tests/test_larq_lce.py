@@ -45,11 +45,15 @@ def test_digits_converts_to_lce_bconv(binarizer: str, tmp_path: Path) -> None:
     assert result["max_abs_diff"] <= 1e-4 * (result["max_abs_logit"] + 1), result
 
 
-def test_resnet20_strided_binary_convs_convert_too(tmp_path: Path) -> None:
-    """PyTorch-style padding of stride-2 binary convs (pad value +1) stays convertible."""
-    result = convert_ops("resnet20", "ste", "1", tmp_path)
+@pytest.mark.parametrize("binarizer", ["ste", "siman", "sdbnn"])
+def test_resnet20_strided_binary_convs_convert_too(binarizer: str, tmp_path: Path) -> None:
+    """PyTorch-style padding of stride-2 binary convs (pad value +1) stays convertible,
+    also when the activation quantizer reads the whole map (SiMaN centring, SD-BNN SE):
+    the +1 pad goes between that and the sign."""
+    result = convert_ops("resnet20", binarizer, "1", tmp_path)
     assert result["binary_layers"] == 18
     assert result["ops"].count("LceBconv2d") == 18, result["ops"]
+    assert result["max_abs_diff"] <= 1e-4 * (result["max_abs_logit"] + 1), result
 
 
 def test_float_baseline_has_no_binary_ops(tmp_path: Path) -> None:

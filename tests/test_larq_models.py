@@ -71,9 +71,10 @@ def test_every_binarizer_digits_logits_match(binarizer: str) -> None:
     _compare("digits", binarizer, 1.0, batch=8)
 
 
+@pytest.mark.parametrize("pad_value", [0.0, 1.0])  # 1.0: strided convs pad before the sign
 @pytest.mark.parametrize("binarizer", ["sdbnn", "siman"])
-def test_binarizer_parameters_transfer_in_resnet20(binarizer: str) -> None:
-    _compare("resnet20", binarizer, 0.0, batch=2)
+def test_binarizer_parameters_transfer_in_resnet20(binarizer: str, pad_value: float) -> None:
+    _compare("resnet20", binarizer, pad_value, batch=2)
 
 
 def test_resnet18_builds_with_16_binary_convs() -> None:

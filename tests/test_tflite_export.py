@@ -128,23 +128,57 @@ def test_larq_float_baseline_converts_without_lce_ops(tmp_path: Path) -> None:
     assert out["facts"]["binary_ops"] == 0 and out["facts"]["binary_layers"] == 0
 
 
-def test_larq_resnet20_names_its_float_fallbacks(tmp_path: Path) -> None:
-    """SiMaN centres activations over the whole map, so the larq model's strided convs pad
-    after binarizing; LCE keeps those as exact float convs: named, not miscounted."""
+@pytest.mark.parametrize(
+    "name, pad_value, fallbacks",
+    [
+        ("siman", 1.0, []),  # centring, +1 pad, then sign: strided convs stay binary
+        ("sdbnn", 1.0, []),  # same with the SE shift
+        ("ste", 0.0, ["layers_3_conv1", "layers_6_conv1"]),  # zero pad of sign(x): float
+    ],
+)
+def test_larq_resnet20_bconv_count(
+    tmp_path: Path, name: str, pad_value: float, fallbacks: list[str]
+) -> None:
+    """Larq ResNet-20: every binary conv becomes an LceBconv2d, except strided convs
+    padded with 0 (LCE cannot express them), which are named as exact float convs."""
     import json
 
     from bnn_export.models.larq_build import build_larq_model, larq_state
 
-    arch = arch_spec("resnet20")
-    model = build_larq_model(arch, get("siman"), seed=0)
-    ckpt = Checkpoint("larq", arch, get("siman"), "digits", larq_state(model))
+    arch = arch_spec("resnet20", pad_value=pad_value)
+    model = build_larq_model(arch, get(name), seed=0)
+    ckpt = Checkpoint("larq", arch, get(name), "digits", larq_state(model))
     save_checkpoint(tmp_path / "run" / "checkpoint.safetensors", ckpt)
     res = run_cli("convert", str(tmp_path / "run"), "--format", "tflite", "-o", str(tmp_path / "m.tflite"),
                   "--no-validate", "--json")  # fmt: skip
     assert res.returncode == 0, res.stderr
     facts = json.loads(res.stdout)["facts"]
-    assert facts["binary_ops"] == facts["binary_layers"] == 16
-    assert facts["float_fallbacks"] == ["layers_3_conv1", "layers_6_conv1"]
+    assert facts["binary_ops"] == facts["binary_layers"] == 18 - len(fallbacks)
+    assert facts["float_fallbacks"] == fallbacks
+
+
+def test_larq_tiny_weight_scale_is_a_named_float_fallback(tmp_path: Path) -> None:
+    """LCE keeps a conv whose output channel has a weight scale <= 2^-23 float (as in the
+    PyTorch route): the Larq route declares it and the file still matches the model."""
+    import json
+
+    from bnn_export.models.larq_build import build_larq_model, larq_state
+
+    arch = arch_spec("digits")
+    model = build_larq_model(arch, get("siman"), seed=0)
+    quantizer = model.get_layer("conv2").kernel_quantizer
+    alpha = quantizer.alpha.numpy()
+    alpha[3] = 1e-9
+    quantizer.alpha.assign(alpha)
+    ckpt = Checkpoint("larq", arch, get("siman"), "digits", larq_state(model))
+    save_checkpoint(tmp_path / "run" / "checkpoint.safetensors", ckpt)
+    res = run_cli("convert", str(tmp_path / "run"), "--format", "tflite", "-o", str(tmp_path / "m.tflite"),
+                  "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["facts"]["binary_ops"] == out["facts"]["binary_layers"] == 2
+    assert out["facts"]["float_fallbacks"] == ["conv2"]
+    assert out["validation"]["agreement"] >= 0.995, out["validation"]
 
 
 def test_lce_server_converts_larq_checkpoints_and_torch_graphs(tmp_path: Path) -> None:

@@ -119,10 +119,26 @@ class WeightQuantizer(_ConfiguredQuantizer):
 
 
 class ActivationQuantizer(_ConfiguredQuantizer):
+    """Base class: ``preprocess`` (what reads more than one element: SiMaN's per-sample
+    centring, SD-BNN's SE shift; identity by default), then ``binarize`` (elementwise,
+    and maps +1 to +1). ``call(x, stage=...)`` runs both, or one of them, so a strided
+    conv can pad between them (``larq_layers.TorchPadQuantConv2D``): padding the
+    preprocessed map with +1 equals padding the binarized one with +1."""
+
     precision = 1
-    #: Elementwise and maps +1 to +1, so padding its input with +1 equals padding its
-    #: output with +1 (a strided conv may then pad before quantizing; see larq_layers).
-    keeps_plus_one: bool = False
+
+    def call(self, x: tf.Tensor, stage: str = "all") -> tf.Tensor:
+        if stage not in ("all", "preprocess", "binarize"):
+            raise ValueError(f"stage must be all, preprocess or binarize, got {stage!r}")
+        if stage != "binarize":
+            x = self.preprocess(x)
+        return x if stage == "preprocess" else self.binarize(x)
+
+    def preprocess(self, x: tf.Tensor) -> tf.Tensor:
+        return x
+
+    def binarize(self, x: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
 
     def export(self) -> ActivationExport:
         return ActivationExport("sign")
@@ -150,7 +166,7 @@ class HardTanh(ActivationQuantizer):
 
     precision = 32
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
+    def binarize(self, x: tf.Tensor) -> tf.Tensor:
         return tf.clip_by_value(x, -1.0, 1.0)
 
     def export(self) -> ActivationExport:
@@ -175,9 +191,7 @@ class SteSignWeight(WeightQuantizer):
 class SteSignActivation(ActivationQuantizer):
     """a_b = sign(a); gradient passed where |a| <= 1."""
 
-    keeps_plus_one = True
-
-    def call(self, x: tf.Tensor) -> tf.Tensor:
+    def binarize(self, x: tf.Tensor) -> tf.Tensor:
         return lm.ste_sign(x)
 
 
@@ -256,8 +270,6 @@ class IrNetWeight(_EdeMixin, WeightQuantizer):
 class EdeSignActivation(_EdeMixin, ActivationQuantizer):
     """sign(a) with IR-Net's EDE gradient."""
 
-    keeps_plus_one = True
-
     def build(self, input_shape: Any) -> None:
         self._build_ede()
         super().build(input_shape)
@@ -265,7 +277,7 @@ class EdeSignActivation(_EdeMixin, ActivationQuantizer):
     def torch_params(self) -> dict[str, tf.Variable]:
         return self._ede_params()
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
+    def binarize(self, x: tf.Tensor) -> tf.Tensor:
         return self.ede_sign(x)
 
 
@@ -337,9 +349,12 @@ class CenteredSignActivation(ActivationQuantizer):
     axis), clipped STE on the centred value. Exported as a float reduction before the
     binary op (``ActivationExport("center")``)."""
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
+    def preprocess(self, x: tf.Tensor) -> tf.Tensor:
         axes = list(range(1, x.shape.rank))
-        return lm.ste_sign(x - tf.reduce_mean(x, axis=axes, keepdims=True))
+        return x - tf.reduce_mean(x, axis=axes, keepdims=True)
+
+    def binarize(self, x: tf.Tensor) -> tf.Tensor:
+        return lm.ste_sign(x)
 
     def export(self) -> ActivationExport:
         return ActivationExport("center")
@@ -448,8 +463,11 @@ class SdBnnActivation(_EdeMixin, ActivationQuantizer):
         se = tf.sigmoid(tf.matmul(hidden, self.se_fc2, transpose_b=True))
         return tf.reshape(se, [-1] + [1] * len(axes) + [x.shape[-1]])
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        return self.ede_sign(x + self.shift(x))
+    def preprocess(self, x: tf.Tensor) -> tf.Tensor:
+        return x + self.shift(x)
+
+    def binarize(self, x: tf.Tensor) -> tf.Tensor:
+        return self.ede_sign(x)
 
     def export(self) -> ActivationExport:
         if self.static:

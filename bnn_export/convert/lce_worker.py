@@ -41,6 +41,20 @@ def add_metadata(flatbuffer: bytes, name: str, payload: bytes) -> bytes:
     return bytes(builder.Output())
 
 
+def larq_float_reason(layer: Any) -> str | None:
+    """Why LCE 0.16 keeps binary Larq ``layer`` an exact float conv (None if it does not);
+    the Larq counterpart of ``keras_export.lce_float_reason`` (docs/larq.md)."""
+    from bnn_export.convert.keras_export import LCE_MIN_SCALE
+    from bnn_export.models.larq_build import export_layer
+    from bnn_export.models.larq_layers import TorchPadQuantConv2D
+
+    if float(abs(export_layer(layer).scale).min()) <= LCE_MIN_SCALE:
+        return "an output channel's weight scale is <= 2^-23"
+    if isinstance(layer, TorchPadQuantConv2D) and not layer.pad_before_sign:
+        return "a strided conv padding its binarized input with 0"
+    return None
+
+
 def main(job_dir: str) -> int:
     run_job(Path(job_dir))
     return 0
@@ -80,18 +94,12 @@ def run_job(job_path: Path) -> None:
             freeze_quantized_kernels,
             larq_model_from_checkpoint,
         )
-        from bnn_export.models.larq_layers import TorchPadQuantConv2D
 
         ckpt = load_checkpoint(job["checkpoint"])
         model = larq_model_from_checkpoint(ckpt)
-        freeze_quantized_kernels(model)
         layers = larq_binary_layers(model) if ckpt.binarizer.binary else []
-        # Strided binary convs that pad their binarized input stay exact float convs in
-        # LCE (docs/larq.md); name them instead of miscounting.
-        fallbacks = [
-            layer.name for layer in layers
-            if isinstance(layer, TorchPadQuantConv2D) and not layer.pad_before_quantizer
-        ]  # fmt: skip
+        fallbacks = [layer.name for layer in layers if larq_float_reason(layer)]
+        freeze_quantized_kernels(model)
         binary_layers = len(layers)
     flatbuffer = lce.convert_keras_model(model, target="arm")
     payload = json.dumps(job["metadata"], sort_keys=True).encode()

@@ -17,7 +17,7 @@ import larq as lq
 import tensorflow as tf
 import tf_keras as keras
 
-from bnn_export.binarizers.larq_impl import register
+from bnn_export.binarizers.larq_impl import ActivationQuantizer, register
 from bnn_export.geometry import minimal_pads
 
 
@@ -29,29 +29,38 @@ class TorchPadQuantConv2D(lq.layers.QuantConv2D):
     last window needs (for a stride-2 3x3 conv on an even input that is (1, 0), where
     Keras "same" would pad (0, 1)). Needs static spatial input sizes.
 
-    ``pad_before_quantizer``: pad the float input with ``pad_values`` before the input
-    quantizer, then a VALID conv. Exact only when the quantizer is elementwise and maps
-    the pad value to itself (sign(+1) = +1); LCE then converts the conv to
-    ``LceBconv2d`` (a float Pad before ``LceQuantize``), whereas it cannot convert a pad
-    of the binarized input that differs from "same".
+    ``pad_before_sign``: run the input quantizer's ``preprocess`` stage (SiMaN's
+    centring, SD-BNN's SE shift: they read the unpadded map), pad with ``pad_values``,
+    then its elementwise ``binarize`` stage and a VALID conv. Exact when the pad value is
+    +1 (binarize(+1) = +1); LCE then converts the conv to ``LceBconv2d`` (a float Pad
+    before ``LceQuantize``), whereas it cannot convert a pad of the binarized input that
+    differs from "same".
     """
 
-    def __init__(self, *args: Any, pad_before_quantizer: bool = False, **kwargs: Any) -> None:
-        self.pad_before_quantizer = pad_before_quantizer
-        kwargs["padding"] = "valid" if pad_before_quantizer else "same"
+    def __init__(self, *args: Any, pad_before_sign: bool = False, **kwargs: Any) -> None:
+        self.pad_before_sign = pad_before_sign
+        kwargs["padding"] = "valid" if pad_before_sign else "same"
         super().__init__(*args, **kwargs)
-        self._is_native_padding = pad_before_quantizer
+        self._is_native_padding = pad_before_sign
+        if pad_before_sign and not isinstance(self.input_quantizer, ActivationQuantizer):
+            raise TypeError(f"{self.name}: pad_before_sign needs a bnn_export input quantizer")
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        if self.pad_before_quantizer:
-            pads = [[0, 0], *self._pads(inputs.shape.as_list()[1:3]), [0, 0]]
-            inputs = tf.pad(inputs, pads, constant_values=self.pad_values)
-        return super().call(inputs)
+        if not self.pad_before_sign:
+            return super().call(inputs)
+        quantizer = self.input_quantizer
+        x = quantizer(inputs, stage="preprocess")
+        pads = [[0, 0], *self._pads(inputs.shape.as_list()[1:3]), [0, 0]]
+        x = quantizer(tf.pad(x, pads, constant_values=self.pad_values), stage="binarize")
+        # BaseLayer.call would quantize again: run the rest of the chain (quantized
+        # kernel scope, VALID conv) on the binarized input directly.
+        with lq.context.quantized_scope(True):
+            return super(lq.layers_base.BaseLayer, self).call(x)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.pop("padding", None)
-        return {**config, "pad_before_quantizer": self.pad_before_quantizer}
+        return {**config, "pad_before_sign": self.pad_before_sign}
 
     def _pads(self, spatial: list[int | None]) -> list[list[int]]:
         pads = []

@@ -64,9 +64,9 @@ def binary_conv(
     )
     if stride == 1:  # Keras "same" == PyTorch padding 1 here, and LCE's favourite form
         return lq.layers.QuantConv2D(filters, 3, padding="same", **kwargs)(x)
-    quantizer = kwargs["input_quantizer"]
-    early = pad == 1.0 and getattr(quantizer, "keeps_plus_one", False)
-    return TorchPadQuantConv2D(filters, 3, pad_before_quantizer=early, **kwargs)(x)
+    # +1 padding goes before the sign (after SiMaN's centring / SD-BNN's shift): LCE then
+    # converts the conv to LceBconv2d; other pad values pad the binarized input.
+    return TorchPadQuantConv2D(filters, 3, pad_before_sign=pad == 1.0, **kwargs)(x)
 
 
 def binary_dense(x: tf.Tensor, units: int, path: str, *, binarizer: BinarizerConfig) -> tf.Tensor:
