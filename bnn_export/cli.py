@@ -49,6 +49,33 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def _positive_lr(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not value > 0 or value == float("inf"):  # also refuses nan
+        raise BnnExportError(f"--lr must be a positive number, got {value}")
+    return value
+
+
+def training_options(f: Any) -> Any:
+    """The trainer options ``train`` and ``sweep`` share (``TrainSettings`` fields)."""
+    options = [
+        click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1)),
+        click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1)),
+        click.option("--lr", default=1e-2, show_default=True, type=float, callback=_positive_lr,
+                     help="Adam learning rate (cosine decay to 0)."),  # fmt: skip
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option(
+            "--num-threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="PyTorch intra-op threads (default: 1 for models under 10M MACs per "
+            "sample, where more threads cost more than they give; else all cores).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @click.option("--framework", default="torch", show_default=True, help="torch or larq.")
 @click.option(
@@ -81,11 +108,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="equal_bits: fraction k in [0, 1) of middle-ranked weights set to 0.",
 )
 @click.option("--siman-code", default=None, help="siman: pm1 (default, exportable) or 01.")
-@click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=1e-2, show_default=True, type=float)
+@training_options
 @click.option("--weight-decay", default=0.0, show_default=True, type=float)
-@click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
     "--pad-value",
     default="1",
@@ -114,8 +138,9 @@ def train(
     epochs: int,
     batch_size: int,
     lr: float,
-    weight_decay: float,
     seed: int,
+    num_threads: int | None,
+    weight_decay: float,
     pad_value: str,
     output: str | None,
     as_json: bool,
@@ -129,27 +154,26 @@ def train(
 
     if framework not in ("torch", "larq"):
         raise unknown_name("framework", framework, ("torch", "larq"))
+    if num_threads is not None and framework != "torch":
+        raise BnnExportError(
+            "--num-threads sets PyTorch's intra-op threads; the Larq trainer does not take it",
+            hint="drop --num-threads, or set TF_NUM_INTRAOP_THREADS for TensorFlow",
+        )
     config = binarizer_registry.get(
         binarizer,
         **binarizer_params(
             bit_ratio=bit_ratio, granularity=ot_granularity, prune_rate=prune_rate, code=siman_code
         ),
     )
-    if not lr > 0 or lr != lr:
-        raise BnnExportError(f"--lr must be a positive number, got {lr}")
     data = load_dataset(dataset)
     arch = arch_spec(model_name, num_classes=data.num_classes, pad_value=float(pad_value))
     check_ratio_before_training(arch, config)
     if output is not None:
         check_writable(output)
     settings = TrainSettings(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        progress=not quiet and not as_json,
-    )
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, num_threads=num_threads,
+        weight_decay=weight_decay, progress=not quiet and not as_json,
+    )  # fmt: skip
     metrics = train_run(
         framework=framework,
         arch=arch,
@@ -181,10 +205,7 @@ def train(
     help="Comma-separated ratios p in (0, 1).",
 )
 @click.option("--ot-granularity", default="channel", show_default=True)
-@click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=1e-2, show_default=True, type=float)
-@click.option("--seed", default=0, show_default=True, type=int)
+@training_options
 @click.option(
     "-o",
     "--output",
@@ -204,6 +225,7 @@ def sweep(
     batch_size: int,
     lr: float,
     seed: int,
+    num_threads: int | None,
     output: str,
     as_json: bool,
     quiet: bool,
@@ -231,7 +253,10 @@ def sweep(
         arch, binarizer_registry.get("equal_bits", granularity=ot_granularity), ratios
     )
     check_writable(output)
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False)
+    settings = TrainSettings(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, num_threads=num_threads,
+        progress=False,
+    )  # fmt: skip
     rows = run_sweep(
         arch=arch,
         data=data,

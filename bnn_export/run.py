@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,11 @@ def train_run(
     t0 = time.perf_counter()
     if framework == "torch":
         from bnn_export.models.torch_build import build_torch_model, layer_bit_ratios, torch_state
-        from bnn_export.train_torch import accuracy, train
+        from bnn_export.train_torch import accuracy, thread_count, train
 
         model = build_torch_model(arch, binarizer, seed=settings.seed)
+        # metrics record the thread count used, also when it was chosen automatically
+        settings = replace(settings, num_threads=thread_count(model, data, settings))
         history = train(model, data, settings)
         test_accuracy = accuracy(model, data.x_test, data.y_test)
         tensors = torch_state(model)

@@ -107,11 +107,14 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((predict(model, x).argmax(axis=1) == y).mean())
 
 
+def thread_count(model: nn.Module, data: Dataset, settings: TrainSettings) -> int:
+    """The intra-op threads training uses: ``settings.num_threads`` or ``auto_threads``."""
+    return settings.num_threads or auto_threads(model, torch.from_numpy(data.x_train[:1]))
+
+
 def train(model: nn.Module, data: Dataset, settings: TrainSettings) -> list[dict[str, float]]:
     """Train in place; returns the per-epoch history."""
-    sample = torch.from_numpy(data.x_train[:1])
-    threads = settings.num_threads or auto_threads(model, sample)
-    with torch_threads(threads):
+    with torch_threads(thread_count(model, data, settings)):
         return _train(model, data, settings)
 
 

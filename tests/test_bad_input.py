@@ -280,6 +280,25 @@ def test_train_refuses_a_bit_ratio_that_cannot_be_met(
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize("command", ["train", "sweep"])
+@pytest.mark.parametrize("lr", ["0", "-0.1", "nan", "inf"])
+def test_train_and_sweep_refuse_a_bad_learning_rate(
+    command: str, lr: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    cli_fails(capsys, command, "--lr", lr, "-o", str(out), "--quiet",
+              match="--lr must be a positive number")  # fmt: skip
+    assert not out.exists()
+
+
+def test_num_threads_is_for_the_pytorch_trainer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli_fails(capsys, "train", "--framework", "larq", "--num-threads", "2", "-o",
+              str(tmp_path / "run"), match="--num-threads")  # fmt: skip
+    assert os.listdir(tmp_path) == []
+
+
 def test_one_weight_per_channel_never_meets_a_ratio() -> None:
     scores = np.random.default_rng(0).normal(size=(4, 1, 1, 1)).astype(np.float32)
     for p in (0.1, 0.5, 0.9):

@@ -24,11 +24,15 @@ def test_train_digits_ste_reaches_90_percent(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "metrics.json"]
 
 
-def test_train_json_output(tmp_path: Path) -> None:
-    res = run_cli("train", "--epochs", "1", "--binarizer", "none", "--json")
+@pytest.mark.parametrize("threads", [None, "2"])
+def test_train_json_output(tmp_path: Path, threads: str | None) -> None:
+    more = ("--num-threads", threads) if threads else ()
+    res = run_cli("train", "--epochs", "1", "--binarizer", "none", "--json", *more)
     assert res.returncode == 0, res.stderr
     metrics = json.loads(res.stdout)
     assert metrics["epochs"] == 1 and metrics["bit_ratios"] == {}
+    # the thread count used is recorded: auto is one for a model this small
+    assert metrics["settings"]["num_threads"] == int(threads or 1)
 
 
 def test_resnet18_on_cifar_fixture(cifar_dir: Path, tmp_path: Path) -> None:
