@@ -60,8 +60,14 @@ def training_options(f: Any) -> Any:
     options = [
         click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1)),
         click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1)),
-        click.option("--lr", default=1e-2, show_default=True, type=float, callback=_positive_lr,
-                     help="Adam learning rate (cosine decay to 0)."),  # fmt: skip
+        click.option(
+            "--lr",
+            default=1e-2,
+            show_default=True,
+            type=float,
+            callback=_positive_lr,
+            help="Adam learning rate (cosine decay to 0).",
+        ),  # fmt: skip
         click.option("--seed", default=0, show_default=True, type=int),
         click.option(
             "--num-threads",
