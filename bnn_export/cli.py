@@ -67,7 +67,7 @@ def training_options(f: Any) -> Any:
             type=float,
             callback=_positive_lr,
             help="Adam learning rate (cosine decay to 0).",
-        ),  # fmt: skip
+        ),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option(
             "--num-threads",
