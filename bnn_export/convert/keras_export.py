@@ -58,11 +58,19 @@ def _hwio(w: np.ndarray) -> np.ndarray:
 LCE_MIN_SCALE = float(np.finfo(np.float32).eps)
 
 
+def lce_scale_reason(scale: np.ndarray) -> str | None:
+    """Why LCE 0.16 keeps a binary layer with per-output-channel weight ``scale`` float
+    (None if the scale is fine); shared by the PyTorch and the Larq route."""
+    if float(np.abs(scale).min()) <= LCE_MIN_SCALE:
+        return "an output channel's weight scale is <= 2^-23 (LCE would silently keep it float)"
+    return None
+
+
 def lce_float_reason(n: Node, in_shape: tuple[int, ...]) -> str | None:
     """Why LCE 0.16 cannot run binary layer ``n`` as ``LceBconv2d`` (None if it can)."""
     a = n.attrs
-    if float(np.abs(a["weights"].scale).min()) <= LCE_MIN_SCALE:
-        return "an output channel's weight scale is <= 2^-23 (LCE would silently keep it float)"
+    if reason := lce_scale_reason(a["weights"].scale):
+        return reason
     if n.op == "blinear":
         return None
     if a["groups"] > 1:

@@ -44,12 +44,12 @@ def add_metadata(flatbuffer: bytes, name: str, payload: bytes) -> bytes:
 def larq_float_reason(layer: Any) -> str | None:
     """Why LCE 0.16 keeps binary Larq ``layer`` an exact float conv (None if it does not);
     the Larq counterpart of ``keras_export.lce_float_reason`` (docs/larq.md)."""
-    from bnn_export.convert.keras_export import LCE_MIN_SCALE
+    from bnn_export.convert.keras_export import lce_scale_reason
     from bnn_export.models.larq_build import export_layer
     from bnn_export.models.larq_layers import TorchPadQuantConv2D
 
-    if float(abs(export_layer(layer).scale).min()) <= LCE_MIN_SCALE:
-        return "an output channel's weight scale is <= 2^-23"
+    if reason := lce_scale_reason(export_layer(layer).scale):
+        return reason
     if isinstance(layer, TorchPadQuantConv2D) and not layer.pad_before_sign:
         return "a strided conv padding its binarized input with 0"
     return None

@@ -50,8 +50,8 @@ class TorchPadQuantConv2D(lq.layers.QuantConv2D):
             return super().call(inputs)
         quantizer = self.input_quantizer
         x = quantizer(inputs, stage="preprocess")
-        pads = [[0, 0], *self._pads(inputs.shape.as_list()[1:3]), [0, 0]]
-        x = quantizer(tf.pad(x, pads, constant_values=self.pad_values), stage="binarize")
+        x = tf.pad(x, self._get_padding_same(inputs), constant_values=self.pad_values)
+        x = quantizer(x, stage="binarize")
         # BaseLayer.call would quantize again: run the rest of the chain (quantized
         # kernel scope, VALID conv) on the binarized input directly.
         with lq.context.quantized_scope(True):
