@@ -22,7 +22,7 @@ from bnn_export.datasets import load_dataset
 from bnn_export.models import arch_spec
 from bnn_export.models.torch_build import build_torch_model
 from bnn_export.runtime.runners import OnnxRuntimeRunner, OpenVinoRunner
-from bnn_export.train_torch import recalibrate_batchnorm
+from bnn_export.models.evaluation import recalibrate_batchnorm
 
 
 def onnx_bytes(model_name: str, binarizer: str, target: str) -> bytes:

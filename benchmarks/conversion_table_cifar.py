@@ -65,7 +65,7 @@ def reference_logits(framework: str, run: Path, x: np.ndarray) -> tuple[Any, np.
 
     source = load_source(run)
     if framework == "torch":
-        from bnn_export.train_torch import predict
+        from bnn_export.models.evaluation import predict
 
         return source, predict(source.model, x)
     from bnn_export.models.larq_build import larq_model_from_checkpoint
@@ -149,7 +149,7 @@ def main() -> int:
     from bnn_export.errors import BnnExportError
     from bnn_export.models import arch_spec
     from bnn_export.run import train_run
-    from bnn_export.train_torch import TrainSettings
+    from bnn_export.train_settings import TrainSettings
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bnn-table-cifar-"))
     out.mkdir(parents=True, exist_ok=True)

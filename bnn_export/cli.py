@@ -156,7 +156,7 @@ def train(
     from bnn_export.datasets import load_dataset
     from bnn_export.models import arch_spec
     from bnn_export.run import train_run
-    from bnn_export.train_torch import TrainSettings
+    from bnn_export.train_settings import TrainSettings
 
     if framework not in ("torch", "larq"):
         raise unknown_name("framework", framework, ("torch", "larq"))
@@ -241,7 +241,7 @@ def sweep(
     from bnn_export.datasets import load_dataset
     from bnn_export.models import arch_spec
     from bnn_export.sweep import markdown_table, run_sweep, write_sweep
-    from bnn_export.train_torch import TrainSettings
+    from bnn_export.train_settings import TrainSettings
 
     configs = [binarizer_registry.get(n.strip()) for n in binarizers.split(",") if n.strip()]
     if any(not c.binary for c in configs) or not configs:

@@ -105,7 +105,7 @@ def run_convert(
 
 def _reference_logits(source: Any, x: Any) -> Any:
     if source.model is not None:
-        from bnn_export.train_torch import predict
+        from bnn_export.models.evaluation import predict
 
         return predict(source.model, x)
     from bnn_export.models.larq_build import larq_model_from_checkpoint

@@ -13,7 +13,7 @@ from bnn_export.checkpoint import CHECKPOINT_NAME, Checkpoint, save_checkpoint
 from bnn_export.datasets import Dataset
 from bnn_export.errors import BnnExportError
 from bnn_export.fileio import atomic_dir, write_json
-from bnn_export.train_torch import TrainSettings
+from bnn_export.train_settings import TrainSettings
 
 METRICS_NAME = "metrics.json"
 

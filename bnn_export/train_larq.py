@@ -21,7 +21,7 @@ import tf_keras as keras
 from bnn_export.datasets import Dataset
 from bnn_export.models.larq_build import binary_layers, predict, set_schedule
 from bnn_export.train_log import epoch_record, epoch_steps
-from bnn_export.train_torch import TrainSettings
+from bnn_export.train_settings import TrainSettings
 
 __all__ = ["TrainSettings", "accuracy", "decayed_variables", "train"]
 

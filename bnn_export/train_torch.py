@@ -6,7 +6,6 @@ import contextlib
 import copy
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -15,20 +14,21 @@ from torch import nn
 
 from bnn_export.binarizers import torch_impl as bz
 from bnn_export.datasets import Dataset
+from bnn_export.models.evaluation import accuracy, predict, recalibrate_batchnorm
 from bnn_export.models.layers import BinaryConv2d, BinaryLinear, binary_layers
 from bnn_export.train_log import epoch_record, epoch_steps
+from bnn_export.train_settings import TrainSettings
 
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    seed: int = 0
-    progress: bool = True
-    #: intra-op threads; None: one for small models (see ``auto_threads``), else torch's default
-    num_threads: int | None = None
+__all__ = [
+    "TrainSettings",
+    "accuracy",
+    "auto_threads",
+    "predict",
+    "recalibrate_batchnorm",
+    "set_schedule",
+    "thread_count",
+    "train",
+]
 
 
 #: Below this many multiply-accumulates per sample, extra threads cost more than they give.
@@ -93,20 +93,6 @@ def set_schedule(model: nn.Module, epoch: int, epochs: int) -> None:
             module.set_schedule(epoch, epochs)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits for NCHW float32 inputs, in eval mode."""
-    model.eval()
-    out = [
-        model(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
-
-
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    return float((predict(model, x).argmax(axis=1) == y).mean())
-
-
 def thread_count(model: nn.Module, data: Dataset, settings: TrainSettings) -> int:
     """The intra-op threads training uses: ``settings.num_threads`` or ``auto_threads``."""
     return settings.num_threads or auto_threads(model, torch.from_numpy(data.x_train[:1]))
@@ -157,22 +143,3 @@ def _train(model: nn.Module, data: Dataset, settings: TrainSettings) -> list[dic
         )  # fmt: skip
         history.append(record)
     return history
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> None:
-    """Re-estimate batch-norm running statistics on ``x`` (e.g. after bit-ratio fixing
-    changed the binary layers' outputs); weights are untouched. Leaves eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over all batches
-    model.eval()
-    for bn in bns:
-        bn.train()
-    for i in range(0, len(x), batch_size):
-        model(torch.from_numpy(x[i : i + batch_size]))
-    for bn, momentum in zip(bns, saved, strict=True):
-        bn.momentum = momentum
-    model.eval()

@@ -19,8 +19,8 @@ from torch.nn import functional as F
 from bnn_export.binarizers import BinarizerConfig
 from bnn_export.convert.graph import Graph, Node
 from bnn_export.geometry import conv_output_size
+from bnn_export.models.evaluation import recalibrate_batchnorm
 from bnn_export.models.layers import BinaryConv2d, BinaryLinear
-from bnn_export.train_torch import recalibrate_batchnorm
 from tests.test_onnx_export import CONFIGS
 
 #: every binarizer, SD-BNN with both activation modes (the export tests' configurations)

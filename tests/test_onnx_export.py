@@ -17,9 +17,9 @@ from bnn_export.convert.onnx_ops import BinaryConv2d
 from bnn_export.datasets import load_dataset
 from bnn_export.errors import BnnExportError
 from bnn_export.models import arch_spec
+from bnn_export.models.evaluation import predict, recalibrate_batchnorm
 from bnn_export.models.torch_build import build_torch_model
 from bnn_export.runtime.runners import OnnxRuntimeRunner, OpenVinoRunner
-from bnn_export.train_torch import predict, recalibrate_batchnorm
 
 CONFIGS = {
     "ste": get("ste"),

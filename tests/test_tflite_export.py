@@ -15,9 +15,9 @@ from bnn_export.convert.source import Source
 from bnn_export.convert.tflite_pipeline import convert_tflite
 from bnn_export.errors import BnnExportError
 from bnn_export.models import arch_spec
+from bnn_export.models.evaluation import predict
 from bnn_export.models.torch_build import torch_state
 from bnn_export.runtime.runners import LceRunner
-from bnn_export.train_torch import predict
 from tests.conftest import run_cli
 from tests.test_onnx_export import CONFIGS, _agreement, _digits, _model
 

@@ -65,7 +65,7 @@ def load_source(
         report = fix_bit_ratios(model, bit_ratio, granularity)
         recalibrated = False
         if recalibrate_on is not None:
-            from bnn_export.train_torch import recalibrate_batchnorm
+            from bnn_export.models.evaluation import recalibrate_batchnorm
 
             recalibrate_batchnorm(model, recalibrate_on)
             recalibrated = True

@@ -179,7 +179,7 @@ class TorchRunner(Runner):
             return np.asarray(self.model(torch.from_numpy(x)).numpy())
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        from bnn_export.train_torch import predict
+        from bnn_export.models.evaluation import predict
 
         self.check_input(x)
         return predict(self.model, x, batch_size)
