@@ -88,9 +88,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 def set_schedule(model: nn.Module, epoch: int, epochs: int) -> None:
-    for module in model.modules():
-        if isinstance(module, bz.WeightQuantizer | bz.ActivationQuantizer):
-            module.set_schedule(epoch, epochs)
+    """Step every binarizer schedule of ``model`` to ``epoch`` of ``epochs``."""
+    bz.step_schedule(model, epoch, epochs)
 
 
 def thread_count(model: nn.Module, data: Dataset, settings: TrainSettings) -> int:

@@ -10,6 +10,8 @@ branch on names: they ask a layer's binarizer what it exports (``WeightExport``,
 from __future__ import annotations
 
 import math
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,15 +204,33 @@ def _validate(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def get(identifier: str | dict[str, Any] | BinarizerConfig, **params: Any) -> BinarizerConfig:
-    """A ``BinarizerConfig`` from a name, a ``{"name", "params"}`` dict or a config."""
+    """A ``BinarizerConfig`` from a name, a config, or a dict with ``name`` and the
+    parameters, either flat (``{"name": "irnet", "t_min": 1e-3}``) or under ``params``."""
     if isinstance(identifier, BinarizerConfig):
         return get(identifier.name, **{**identifier.params, **params})
     if isinstance(identifier, dict):
         if "name" not in identifier:
             raise BnnExportError(f"cannot interpret binarizer config {identifier!r}: no 'name'")
-        return get(identifier["name"], **{**identifier.get("params", {}), **params})
+        flat = {k: v for k, v in identifier.items() if k not in ("name", "params")}
+        return get(identifier["name"], **{**identifier.get("params", {}), **flat, **params})
     if not isinstance(identifier, str):
         raise BnnExportError(f"cannot interpret {identifier!r} as a binarizer")
     if identifier not in REGISTRY:
         raise unknown_name("binarizer", identifier, REGISTRY)
     return BinarizerConfig(identifier, _validate(identifier, params))
+
+
+def registry() -> dict[str, BinarizerInfo]:
+    """The registered binarizers by name (a copy): summary, reference, defaults."""
+    return dict(REGISTRY)
+
+
+class _CallableModule(types.ModuleType):
+    """``bnn_export.binarizers()`` returns the registry, while ``bnn_export.binarizers``
+    stays this package (``bnn_export.binarizers.get``, ...)."""
+
+    def __call__(self) -> dict[str, BinarizerInfo]:
+        return registry()
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -53,6 +53,8 @@ class WeightQuantizer(nn.Module):
     #: The trainer puts latent weights of layers with this flag in a group without
     #: weight decay (SiMaN's rule).
     no_weight_decay: bool = False
+    #: set by ``step_schedule`` (an export warns about a schedule never stepped)
+    schedule_stepped: bool = False
 
     def __init__(self, shape: tuple[int, ...], config: BinarizerConfig) -> None:
         super().__init__()
@@ -72,6 +74,9 @@ class WeightQuantizer(nn.Module):
 
 
 class ActivationQuantizer(nn.Module):
+    #: set by ``step_schedule`` (an export warns about a schedule never stepped)
+    schedule_stepped: bool = False
+
     def __init__(self, channels: int, config: BinarizerConfig) -> None:
         super().__init__()
         self.channels = channels
@@ -490,3 +495,12 @@ def weight_quantizer(config: BinarizerConfig, shape: tuple[int, ...]) -> WeightQ
 
 def activation_quantizer(config: BinarizerConfig, channels: int) -> ActivationQuantizer:
     return ACTIVATION_QUANTIZERS[config.name](channels, config)
+
+
+def step_schedule(model: nn.Module, epoch: int, epochs: int) -> None:
+    """Every quantizer's ``set_schedule(epoch, epochs)``; each is marked as stepped
+    (``schedule_stepped``), so that an export can tell a schedule that never ran."""
+    for module in model.modules():
+        if isinstance(module, WeightQuantizer | ActivationQuantizer):
+            module.set_schedule(epoch, epochs)
+            module.schedule_stepped = True
