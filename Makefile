@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 
 ARM_ROOTFS ?= .cache/arm-rootfs
 
-.PHONY: setup system-deps demo test test-arm lint typecheck pytest bench clean
+.PHONY: setup system-deps demo test test-avx2 test-arm lint typecheck pytest bench clean
 
 setup: system-deps $(STAMP)
 
@@ -53,6 +53,12 @@ pytest: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# `make test` as a machine without AVX-512 (e.g. AMD Zen 3) runs it: our binary kernels on
+# their avx2 variant (also in subprocesses and the onnxruntime op), torch's oneDNN on AVX2
+# code paths. onnxruntime's own float kernels still use what this CPU has (docs/testing.md).
+test-avx2:
+	BNN_KERNEL=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(MAKE) test
 
 # The .onnx device path on aarch64, emulated: builds (first time ~10 min, then cached) an
 # aarch64 Debian userland in $(ARM_ROOTFS), installs bnn-export's sdist there and runs

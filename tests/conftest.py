@@ -6,11 +6,13 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bnn_export.runtime import native
 from tests.sshd_server import start_sshd
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -93,3 +95,47 @@ def bench_artifacts(tmp_path_factory: pytest.TempPathFactory):
     from tests.bench_artifacts import Artifacts
 
     return Artifacts(tmp_path_factory.mktemp("bench artifacts"))
+
+
+# ------------------------------------------------------------ native kernel variant
+# `BNN_KERNEL=avx2 ONEDNN_MAX_CPU_ISA=AVX2 make test` (`make test-avx2`) runs the suite as a
+# machine without AVX-512 would (docs/testing.md). Tests that force a variant
+# (native.forced_kernel / set_kernel) must not leave another one behind for the tests after
+# them: every test ends with the variant BNN_KERNEL asks for (else the best, "auto").
+
+
+def _requested_kernel() -> str:
+    return os.environ.get("BNN_KERNEL") or "auto"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    try:
+        name = native.kernel_name()
+        available = ",".join(native.available_kernels())
+    except (native.NativeLibraryError, native.KernelError) as exc:
+        return [f"bnn kernel: {exc}"]
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "unset")
+    return [
+        f"bnn kernel: {name} (BNN_KERNEL={_requested_kernel()}, available: {available}); "
+        f"ONEDNN_MAX_CPU_ISA={isa}"
+    ]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A BNN_KERNEL this CPU cannot honour fails the run at once, with the reason, rather
+    than as hundreds of failing conversions."""
+    if _requested_kernel() == "auto":
+        return
+    try:
+        native.set_kernel(_requested_kernel())
+    except native.NativeLibraryError:
+        return  # reported by the tests that need the library
+    except native.KernelError as exc:
+        raise pytest.UsageError(f"BNN_KERNEL={_requested_kernel()}: {exc}") from None
+
+
+@pytest.fixture(autouse=True)
+def _kernel_variant_restored() -> Iterator[None]:
+    yield
+    if native._lib.cache_info().currsize:  # the library is loaded in this process
+        native.set_kernel(_requested_kernel())

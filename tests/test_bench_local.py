@@ -29,8 +29,19 @@ def test_bench_local_onnx_targets_and_checkpoint_against_reference(
     a = bench_artifacts
     report_dir, json_out = tmp_path / "report", tmp_path / "out.json"
     models = [str(a.run), *(str(a.onnx[t]) for t in ("onnxruntime", "openvino", "reference"))]
-    code, out, err = bench(capsys, *models, "--reference", str(a.run), "--max-eval", "120",
-                           "--report", str(report_dir), "--json", str(json_out), *FAST)  # fmt: skip
+    code, out, err = bench(
+        capsys,
+        *models,
+        "--reference",
+        str(a.run),
+        "--max-eval",
+        "120",
+        "--report",
+        str(report_dir),
+        "--json",
+        str(json_out),
+        *FAST,
+    )
     assert code == 0, err
     report = json.loads(json_out.read_text())
     assert report == json.loads((report_dir / "bench.json").read_text())
@@ -74,7 +85,10 @@ def test_bench_local_onnx_targets_and_checkpoint_against_reference(
         assert accuracy["max_abs_logit_diff"] < 1e-3
     table = (report_dir / "bench.md").read_text()
     header = table.splitlines()[0]
+    # the unit is fixed (µs, like the JSON's latency_us), whatever this machine's speed
     assert "local" in header and "1 thread" in header and "latency (µs, p50)" in header
+    p50s = [f"{row['latency_us']['p50']:.1f}" for row in rows]
+    assert [line.rsplit("|", 2)[1].strip() for line in table.splitlines()[2:]] == p50s
     assert len(table.splitlines()) == 2 + 4 and "| `openvino.onnx` | onnx | openvino |" in table
     assert table.strip() in out
     assert (report_dir / "bench.png").read_bytes().startswith(PNG_MAGIC)
@@ -82,8 +96,19 @@ def test_bench_local_onnx_targets_and_checkpoint_against_reference(
 
 def test_bench_local_tflite_with_lce_interpreter(bench_artifacts, capsys, tmp_path):
     out_json = tmp_path / "tflite.json"
-    code, out, err = bench(capsys, str(bench_artifacts.tflite), "--dataset", "digits",
-                           "--max-eval", "40", "--num-threads", "2", "--json", str(out_json), *FAST)  # fmt: skip
+    code, out, err = bench(
+        capsys,
+        str(bench_artifacts.tflite),
+        "--dataset",
+        "digits",
+        "--max-eval",
+        "40",
+        "--num-threads",
+        "2",
+        "--json",
+        str(out_json),
+        *FAST,
+    )
     assert code == 0, err
     row = json.loads(out_json.read_text())["results"][0]
     assert row["runtime"]["name"] == "lce" and row["runtime"]["threads"] == 2
@@ -100,9 +125,22 @@ def test_bench_min_agreement_fails_a_model_that_computes_something_else(
 ):
     # The tiny LCE model has random weights: it cannot agree with the trained run.
     json_out = tmp_path / "gate.json"
-    code, out, err = bench(capsys, str(bench_artifacts.onnx["onnxruntime"]), str(bench_artifacts.tflite),
-                           "--dataset", "digits", "--reference", str(bench_artifacts.run),
-                           "--max-eval", "60", "--min-agreement", "0.995", "--json", str(json_out), *FAST)  # fmt: skip
+    code, out, err = bench(
+        capsys,
+        str(bench_artifacts.onnx["onnxruntime"]),
+        str(bench_artifacts.tflite),
+        "--dataset",
+        "digits",
+        "--reference",
+        str(bench_artifacts.run),
+        "--max-eval",
+        "60",
+        "--min-agreement",
+        "0.995",
+        "--json",
+        str(json_out),
+        *FAST,
+    )
     assert code == 2
     assert "tiny lce.tflite (lce)" in err and "onnxruntime.onnx" not in err
     assert json.loads(json_out.read_text())["results"][0]["accuracy"]["agreement"] == 1.0
@@ -117,8 +155,15 @@ def test_bench_dataset_whose_images_do_not_fit_is_refused(
     bench_artifacts, cifar_dir, tmp_path, capsys
 ):
     report_dir = tmp_path / "report"
-    code, out, err = bench(capsys, str(bench_artifacts.onnx["onnxruntime"]), "--dataset",
-                           f"cifar10:{cifar_dir}", "--report", str(report_dir), *FAST)  # fmt: skip
+    code, out, err = bench(
+        capsys,
+        str(bench_artifacts.onnx["onnxruntime"]),
+        "--dataset",
+        f"cifar10:{cifar_dir}",
+        "--report",
+        str(report_dir),
+        *FAST,
+    )
     assert code == 2
     assert err.startswith("error: ") and err.count("error:") == 1
     assert "(3, 32, 32)" in err and "(1, 8, 8)" in err and "cifar10" in err
@@ -154,8 +199,11 @@ def test_latency_loop_meets_both_num_runs_and_min_secs():
 def test_latency_statistics_from_a_fake_clock():
     durations_us = [100, 7, 3, 5, 1, 9, 2]  # first inference, then one warm-up, then 5 timed
     ticks = iter(np.cumsum([[0, d * 1000] for d in durations_us]).tolist())
-    stats = measure_latency(lambda: None, LatencySettings(num_runs=5, warmup_runs=2, min_secs=0),
-                            clock=lambda: int(next(ticks)))  # fmt: skip
+    stats = measure_latency(
+        lambda: None,
+        LatencySettings(num_runs=5, warmup_runs=2, min_secs=0),
+        clock=lambda: int(next(ticks)),
+    )
     timed = [3, 5, 1, 9, 2]
     assert stats["first_inference"] == 100 and stats["warmup_mean"] == pytest.approx(53.5)
     assert stats == {**stats, **summarize(timed)}
@@ -181,10 +229,25 @@ def _row(name: str, target: str, p50: float, emulated: bool) -> dict:
 
 
 def test_markdown_table_keeps_emulated_runs_apart_from_device_figures():
-    table = markdown_table({"results": [_row("a.tflite", "ssh://pi@board", 20800, False),
-                                        _row("a.tflite", "ssh://u@qemu", 90000, True)]})  # fmt: skip
+    table = markdown_table(
+        {
+            "results": [
+                _row("a.tflite", "ssh://pi@board", 20800, False),
+                _row("a.tflite", "ssh://u@qemu", 90000, True),
+            ]
+        }
+    )
     header = table.splitlines()[0]
-    assert "ssh://pi@board (4x Cortex-A72), 4 threads: latency (ms, p50)" in header
+    assert "ssh://pi@board (4x Cortex-A72), 4 threads: latency (µs, p50)" in header
     assert "ssh://u@qemu (4x Cortex-A72) — emulated, not ARM latency, 4 threads" in header
-    assert table.splitlines()[2].endswith("| 20.800 | 90.000 |")
+    assert table.splitlines()[2].endswith("| 20800.0 | 90000.0 |")
+
+
+def test_markdown_table_unit_is_fixed_whatever_the_speed():
+    """A fast and a slow machine's tables have the same header: the unit never follows the
+    figures (µs, the JSON's unit)."""
+    for p50 in (3.25, 999.0, 1000.0, 2.5e6):
+        table = markdown_table({"results": [_row("a.tflite", "ssh://pi@board", p50, False)]})
+        assert "latency (µs, p50)" in table.splitlines()[0]
+        assert table.splitlines()[2].endswith(f"| {p50:.1f} |")
     assert "50.00% (local)" in table

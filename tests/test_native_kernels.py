@@ -1,12 +1,14 @@
-"""Native kernels vs the numpy reference: exact integer accumulations, every CPU variant."""
+"""Native kernels vs the numpy reference: exact integer accumulations, every CPU variant.
+
+tests/test_kernel_variants.py forces each variant on every conv case, both pad values and
+1-2 threads, and covers BNN_KERNEL."""
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 import subprocess
-import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +53,14 @@ def _check(conv: Conv, variant: str, seed: int, affine: bool = False, num_thread
 
 def test_variants_detected() -> None:
     assert "portable" in VARIANTS
-    native.set_kernel("auto")
+    native.set_kernel("auto")  # conftest.py puts BNN_KERNEL's variant back afterwards
     assert native.kernel_name() == VARIANTS[-1]  # auto picks the best
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("conv", EDGE_CASES, ids=str)
 def test_edge_cases_exact(variant: str, conv: Conv) -> None:
-    _check(conv, variant, seed=hash(str(conv)) % 2**31)
+    _check(conv, variant, seed=zlib.crc32(str(conv).encode()))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -174,32 +176,6 @@ def test_c_test_runner_native(tmp_path: Path) -> None:
     res = subprocess.run([str(exe), "300", "12345"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert " 0 failed" in res.stdout
-
-
-@pytest.mark.parametrize("value", ["portable", VARIANTS[-1], "bogus"])
-def test_bnn_kernel_env_var(value: str) -> None:
-    code = (
-        "import numpy as np\n"
-        "from bnn_export.runtime import native\n"
-        "print(native.kernel_name())\n"
-        "w = native.pack_weights(np.ones((2, 3, 1, 1), np.int8))\n"
-        "try:\n"
-        "    native.binary_conv2d(np.ones((1, 3, 2, 2), np.float32), w, np.ones(2),\n"
-        "                         np.zeros(2), channels_in=3, kernel_shape=(1, 1))\n"
-        "    print('ran')\n"
-        "except native.KernelError as exc:\n"
-        "    print(exc)\n"
-    )
-    env = {**os.environ, "BNN_KERNEL": value, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert res.returncode == 0, res.stderr
-    if value == "bogus":
-        assert "unavailable" in res.stdout
-        assert "BNN_KERNEL: unknown kernel 'bogus'" in res.stdout
-    else:
-        assert res.stdout.splitlines() == [value, "ran"]
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) installed")

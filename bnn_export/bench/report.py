@@ -2,8 +2,9 @@
 
 The table follows LCE's README (model zoo / benchmark tables): one row per model and runtime,
 one latency column per device and thread count, with the device, the threads and the unit in
-the column header. Emulated runs (qemu) get their own column headed "emulated, not ARM
-latency", and hollow markers in the plot.
+the column header. The unit is always µs, the unit of the JSON's ``latency_us`` (never chosen
+by the figures: a report must not read differently on a faster machine). Emulated runs (qemu)
+get their own column headed "emulated, not ARM latency", and hollow markers in the plot.
 """
 
 from __future__ import annotations
@@ -36,16 +37,22 @@ def git_commit() -> str | None:
         return None
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=here, capture_output=True, text=True, timeout=10,
-    )  # fmt: skip
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def build_info() -> dict[str, Any]:
     import platform
 
-    return {"bnn_export_version": __version__, "git_commit": git_commit(),
-            "python": platform.python_version()}  # fmt: skip
+    return {
+        "bnn_export_version": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+    }
 
 
 def make_report(results: Sequence[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
@@ -76,9 +83,9 @@ def _column(row: dict[str, Any]) -> tuple[str, int]:
     return device_label(row), int(row["runtime"]["threads"])
 
 
-def _unit(results: Sequence[dict[str, Any]]) -> tuple[str, float]:
-    p50s = [r["latency_us"].get("p50") or r["latency_us"]["mean"] for r in results]
-    return ("ms", 1000.0) if p50s and max(p50s) >= 1000 else ("µs", 1.0)
+#: The table's latency unit: fixed (the JSON's ``latency_us``), so that tables from a fast
+#: and a slow machine read alike and nothing in the report follows the machine's speed.
+LATENCY_UNIT = "µs"
 
 
 def _percent(value: float | None) -> str:
@@ -98,7 +105,6 @@ def markdown_table(report: dict[str, Any]) -> str:
     results = report["results"]
     if not results:
         return "(no results)"
-    unit, scale = _unit(results)
     columns: list[tuple[str, int]] = []
     for row in results:
         if _column(row) not in columns:
@@ -108,11 +114,19 @@ def markdown_table(report: dict[str, Any]) -> str:
         key = (row["model"]["name"], row["runtime"]["name"])
         entry = rows.setdefault(key, {"row": row, "latency": {}})
         entry["latency"][_column(row)] = row["latency_us"].get("p50") or row["latency_us"]["mean"]
-    headers = ["Model", "Format", "Runtime", "Top-1 accuracy", "Agreement with reference",
-               "1-bit MACs", "Float MACs", "Size (KiB)"]  # fmt: skip
+    headers = [
+        "Model",
+        "Format",
+        "Runtime",
+        "Top-1 accuracy",
+        "Agreement with reference",
+        "1-bit MACs",
+        "Float MACs",
+        "Size (KiB)",
+    ]
     for label, threads in columns:
         headers.append(
-            f"{label}, {threads} thread{'s' if threads != 1 else ''}: latency ({unit}, p50)"
+            f"{label}, {threads} thread{'s' if threads != 1 else ''}: latency ({LATENCY_UNIT}, p50)"
         )
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for (name, runtime), entry in rows.items():
@@ -122,15 +136,18 @@ def markdown_table(report: dict[str, Any]) -> str:
         if acc.get("measured_on") == "local" and acc.get("top1") is not None:
             top1 += " (local)"
         cells = [
-            f"`{name}`", row["model"]["format"], runtime, top1, _percent(acc.get("agreement")),
-            _count(row["model"].get("binary_macs")), _count(row["model"].get("float_macs")),
+            f"`{name}`",
+            row["model"]["format"],
+            runtime,
+            top1,
+            _percent(acc.get("agreement")),
+            _count(row["model"].get("binary_macs")),
+            _count(row["model"].get("float_macs")),
             f"{row['model']['bytes'] / 1024:.1f}",
-        ]  # fmt: skip
+        ]
         for column in columns:
             value = entry["latency"].get(column)
-            cells.append(
-                "-" if value is None else f"{value / scale:.3f}" if scale > 1 else f"{value:.1f}"
-            )
+            cells.append("-" if value is None else f"{value:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -156,20 +173,28 @@ def plot_png(report: dict[str, Any]) -> bytes:
             continue
         emulated = bool(row["device"].get("emulated"))
         label = f"{row['model']['name']} · {row['runtime']['name']} · {device_label(row)}"
-        ax.scatter([latency], [top1 * 100], s=60, label=label,
-                   facecolors="none" if emulated else None, edgecolors="C3" if emulated else None)  # fmt: skip
+        ax.scatter(
+            [latency],
+            [top1 * 100],
+            s=60,
+            label=label,
+            facecolors="none" if emulated else None,
+            edgecolors="C3" if emulated else None,
+        )
         plotted += 1
     if not plotted:
-        ax.text(0.5, 0.5, "no accuracy measured (pass --dataset)", ha="center",
-                transform=ax.transAxes)  # fmt: skip
+        ax.text(
+            0.5, 0.5, "no accuracy measured (pass --dataset)", ha="center", transform=ax.transAxes
+        )
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("p50 latency per image (µs, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("bnn-export bench: accuracy vs latency (hollow = emulated, not ARM latency)",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        "bnn-export bench: accuracy vs latency (hollow = emulated, not ARM latency)", fontsize=9
+    )
     ax.grid(True, which="both", alpha=0.3)
     if plotted:
         ax.legend(fontsize=6, loc="best")

@@ -96,8 +96,18 @@ def _check(rc: int, what: str) -> None:
 
 
 def kernel_name() -> str:
-    """Name of the kernel variant in use (portable, avx2, avx512, neon)."""
-    return _lib().bnn_kernel_name().decode()
+    """Name of the kernel variant in use (portable, avx2, avx512, neon).
+
+    The variant is chosen at first use: ``BNN_KERNEL`` (a variant name or ``auto``) when set,
+    else the best this CPU supports. An unknown ``BNN_KERNEL``, or a variant this CPU (or
+    build) lacks, raises KernelError naming the value and the variants available; every
+    convolution (Python or the onnxruntime op) fails with the same message.
+    """
+    lib = _lib()
+    name = lib.bnn_kernel_name().decode()
+    if name == "unavailable":
+        raise KernelError(f"no kernel variant selected: {lib.bnn_last_error().decode()}")
+    return name
 
 
 def available_kernels() -> list[str]:
@@ -106,18 +116,25 @@ def available_kernels() -> list[str]:
 
 
 def set_kernel(name: str) -> None:
-    """Force a variant ("auto" = best). Also affects the onnxruntime op library."""
+    """Force a variant ("auto" = best), overriding ``BNN_KERNEL``. The onnxruntime op library
+    shares this library's state, so its BinaryConv2d follows too."""
     _check(_lib().bnn_set_kernel(name.encode()), f"set_kernel({name!r})")
 
 
 @contextmanager
 def forced_kernel(name: str) -> Iterator[None]:
-    """Use variant `name` inside the block, then return to automatic selection."""
+    """Use variant `name` inside the block, then return to the variant in use before it
+    (automatic selection when none could be chosen), so that a ``BNN_KERNEL`` the process
+    was started with stays in force after the block."""
+    try:
+        previous = kernel_name()
+    except KernelError:
+        previous = "auto"
     set_kernel(name)
     try:
         yield
     finally:
-        set_kernel("auto")
+        set_kernel(previous)
 
 
 def weight_words(channels_per_group: int) -> int:

@@ -60,13 +60,24 @@ class OnnxRuntimeRunner(Runner):
         t0 = time.perf_counter()
         self.session = onnx_session(model, num_threads=num_threads)
         shape = self.session.get_inputs()[0].shape[1:]
-        super().__init__("onnxruntime", ort.__version__, num_threads, tuple(int(s) for s in shape),
-                         init_seconds=time.perf_counter() - t0)  # fmt: skip
+        super().__init__(
+            "onnxruntime",
+            ort.__version__,
+            num_threads,
+            tuple(int(s) for s in shape),
+            init_seconds=time.perf_counter() - t0,
+        )
         self.input_name = self.session.get_inputs()[0].name
-        from bnn_export.runtime.native import kernel_name
+        from bnn_export.runtime.native import KernelError, available_kernels, kernel_name
 
         # the BinaryConv2d kernel variant in use (the op library shares the kernel library)
-        self.info["bnn_kernel"] = kernel_name()
+        try:
+            self.info["bnn_kernel"] = kernel_name()
+        except KernelError as exc:  # BNN_KERNEL names a variant this CPU or build lacks
+            raise BnnExportError(
+                str(exc),
+                hint=f"unset BNN_KERNEL or set it to one of: auto, {', '.join(available_kernels())}",
+            ) from None
 
     def predict_one(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: x})[0])
@@ -92,8 +103,10 @@ class OpenVinoRunner(Runner):
         ov_model = core.read_model(model, b"")
         shape = [int(d.get_length()) for d in ov_model.inputs[0].get_partial_shape()[1:]]
         ov_model.reshape([1, *shape])
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32",
-                                  "INFERENCE_NUM_THREADS": int(num_threads)}  # fmt: skip
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_NUM_THREADS": int(num_threads),
+        }
         snippets = "default"
         try:
             self.compiled = core.compile_model(ov_model, "CPU", config)
@@ -113,8 +126,13 @@ class OpenVinoRunner(Runner):
                     hint="run the onnxruntime target instead (--runtime onnxruntime)",
                 ) from None
         self.request = self.compiled.create_infer_request()
-        super().__init__("openvino", ov.__version__, num_threads, tuple(shape),
-                         init_seconds=time.perf_counter() - t0)  # fmt: skip
+        super().__init__(
+            "openvino",
+            ov.__version__,
+            num_threads,
+            tuple(shape),
+            init_seconds=time.perf_counter() - t0,
+        )
         ops = [
             op.get_rt_info()["layerType"].astype(str)
             for op in self.compiled.get_runtime_model().get_ops()
@@ -146,12 +164,20 @@ class LceRunner(Runner):
 
         t0 = time.perf_counter()
         self.interpreter = Interpreter(
-            flatbuffer, num_threads=num_threads, use_reference_bconv=False,
-            use_indirect_bgemm=indirect_bgemm, use_xnnpack=False,
-        )  # fmt: skip
+            flatbuffer,
+            num_threads=num_threads,
+            use_reference_bconv=False,
+            use_indirect_bgemm=indirect_bgemm,
+            use_xnnpack=False,
+        )
         h, w, c = self.interpreter.input_shapes[0][1:]
-        super().__init__("lce", getattr(lce, "__version__", "0.16.0"), num_threads, (c, h, w),
-                         init_seconds=time.perf_counter() - t0)  # fmt: skip
+        super().__init__(
+            "lce",
+            getattr(lce, "__version__", "0.16.0"),
+            num_threads,
+            (c, h, w),
+            init_seconds=time.perf_counter() - t0,
+        )
 
     def predict_one(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.interpreter.predict(np.transpose(x, (0, 2, 3, 1)))).reshape(1, -1)
@@ -169,8 +195,9 @@ class TorchRunner(Runner):
         self.checkpoint = load_checkpoint(checkpoint)
         self.model = torch_model_from_checkpoint(self.checkpoint)
         shape = tuple(self.checkpoint.arch["kwargs"]["input_shape"])
-        super().__init__("torch", torch.__version__, num_threads, shape,
-                         init_seconds=time.perf_counter() - t0)  # fmt: skip
+        super().__init__(
+            "torch", torch.__version__, num_threads, shape, init_seconds=time.perf_counter() - t0
+        )
 
     def predict_one(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -219,5 +246,9 @@ def open_runner(path: str | Path, *, runtime: str = "auto", num_threads: int = 1
 
 
 def describe(runner: Runner) -> dict[str, Any]:
-    return {"name": runner.name, "version": runner.version, "threads": runner.num_threads,
-            **({"info": json.loads(json.dumps(runner.info))} if runner.info else {})}  # fmt: skip
+    return {
+        "name": runner.name,
+        "version": runner.version,
+        "threads": runner.num_threads,
+        **({"info": json.loads(json.dumps(runner.info))} if runner.info else {}),
+    }
