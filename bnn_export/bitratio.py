@@ -9,17 +9,19 @@ and identical to the Equal Bits binarizer's training forward.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from bnn_export.binarizers import check_bit_ratio, count_of_top
-from bnn_export.binarizers import torch_impl as bz
 from bnn_export.binarizers.exports import WeightExport
 from bnn_export.errors import BnnExportError
-from bnn_export.models.layers import binary_layers
+
+if TYPE_CHECKING:  # PyTorch only for the PyTorch entry points (the Larq route has none)
+    from torch import nn
 
 GRANULARITIES = ("channel", "layer")
 
@@ -112,11 +114,15 @@ def check_model_ratio_meetable(model: nn.Module, p: float, granularity: str) -> 
     The error names the first such layer and its achievable ratios; the hint gives the
     range every layer meets (bounded by the layer with the fewest weights per row).
     """
+    from bnn_export.models.layers import binary_layers
+
     p = check_bit_ratio(p)
     sizes = {
-        name: int(np.prod(layer.weight.shape[1:] if granularity == "channel" else layer.weight.shape))
+        name: int(
+            np.prod(layer.weight.shape[1:] if granularity == "channel" else layer.weight.shape)
+        )
         for name, layer in binary_layers(model)
-    }  # fmt: skip
+    }
     for name, n in sizes.items():
         if _unmeetable(p, n):
             tight = min(sizes, key=lambda k: sizes[k])
@@ -155,6 +161,41 @@ def verify_ratio(export: WeightExport, p: float, granularity: str) -> LayerRatio
     )
 
 
+@dataclass(frozen=True)
+class FixableLayer:
+    """One binary layer as bit-ratio fixing sees it, in any framework: its current
+    export (bits in PyTorch layout, scale) and binarizer scores (PyTorch layout)."""
+
+    name: str
+    binary: bool
+    export: Callable[[], WeightExport]
+    score: Callable[[], np.ndarray]
+
+
+def fix_layers(
+    layers: Iterable[FixableLayer], p: float, granularity: str = "channel"
+) -> dict[str, tuple[WeightExport, LayerRatio]]:
+    """The OT-sorted bits (binarizer scale kept) and verified ratio of every layer, by
+    name: what both the PyTorch and the Larq routes apply. Refuses float layers, pruned
+    (ternary) layers and ratios a layer cannot meet; changes nothing itself."""
+    out: dict[str, tuple[WeightExport, LayerRatio]] = {}
+    for layer in layers:
+        if not layer.binary:
+            raise BnnExportError(
+                f"layer {layer.name!r} is a float layer; bit ratios apply to binary layers"
+            )
+        original = layer.export()
+        if original.ternary:
+            raise BnnExportError(
+                f"layer {layer.name!r} has pruned (zero) weights; bit-ratio fixing needs a model "
+                "trained without --prune-rate"
+            )
+        out[layer.name] = fix_layer_bits(layer.score(), original.scale, p, granularity, layer.name)
+    if not out:
+        raise BnnExportError("the model has no binary layers to fix")
+    return out
+
+
 def fix_bit_ratios(
     model: nn.Module, p: float, granularity: str = "channel"
 ) -> dict[str, LayerRatio]:
@@ -164,23 +205,28 @@ def fix_bit_ratios(
     the binarizer's own scale, so the model (and any export of it) computes with them.
     Returns what was achieved per layer (verified).
     """
-    report: dict[str, LayerRatio] = {}
-    for name, layer in binary_layers(model):
-        if not layer.is_binary:
-            raise BnnExportError(
-                f"layer {name!r} is a float layer; bit ratios apply to binary layers"
+    from bnn_export.binarizers import torch_impl as bz
+    from bnn_export.models.layers import binary_layers
+
+    layers = dict(binary_layers(model))
+    fixed = fix_layers(
+        (
+            FixableLayer(
+                name,
+                layer.is_binary,
+                layer.export_weights,
+                partial(_torch_score, layer),
             )
-        quantizer = layer.weight_quantizer
-        original = layer.export_weights()
-        if original.ternary:
-            raise BnnExportError(
-                f"layer {name!r} has pruned (zero) weights; bit-ratio fixing needs a model trained "
-                "without --prune-rate"
-            )
-        scores = quantizer.score(layer.weight).cpu().numpy()
-        fixed, ratio = fix_layer_bits(scores, original.scale, p, granularity, name)
-        layer.weight_quantizer = bz.FrozenWeight(tuple(layer.weight.shape), layer.binarizer, fixed)
-        report[name] = ratio
-    if not report:
-        raise BnnExportError("the model has no binary layers to fix")
-    return report
+            for name, layer in layers.items()
+        ),
+        p,
+        granularity,
+    )
+    for name, (bits, _) in fixed.items():
+        layer = layers[name]
+        layer.weight_quantizer = bz.FrozenWeight(tuple(layer.weight.shape), layer.binarizer, bits)
+    return {name: ratio for name, (_, ratio) in fixed.items()}
+
+
+def _torch_score(layer: Any) -> np.ndarray:
+    return np.asarray(layer.weight_quantizer.score(layer.weight).detach().cpu().numpy())

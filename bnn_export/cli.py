@@ -323,22 +323,24 @@ def binarizer_params(**given: Any) -> dict[str, Any]:
 @click.option("-o", "--output", type=click.Path(), required=True, help="Output file.")
 @click.option(
     "--target",
-    default="onnxruntime",
-    show_default=True,
-    help="onnx only: onnxruntime (our BinaryConv2d op), openvino, or reference.",
+    default=None,
+    help="onnx only: onnxruntime (default; our BinaryConv2d op), openvino, or reference.",
 )
 @click.option(
     "--bit-ratio",
     type=float,
     default=None,
-    help="Fix every binary layer to this ratio of +1 weights by OT sorting first.",
+    help="Fix every binary layer to this ratio of +1 weights by OT sorting first "
+    "(PyTorch and Larq checkpoints).",
 )
-@click.option("--ot-granularity", default="channel", show_default=True, help="channel or layer.")
+@click.option(
+    "--ot-granularity", default=None, help="With --bit-ratio: channel (default) or layer."
+)
 @click.option(
     "--recalibrate-bn/--no-recalibrate-bn",
-    default=True,
-    show_default=True,
-    help="After --bit-ratio fixing, re-estimate batch-norm statistics on the training split.",
+    default=None,
+    help="With --bit-ratio: re-estimate batch-norm statistics on the training split "
+    "after fixing (default: yes).",
 )
 @click.option(
     "--validate/--no-validate",
@@ -346,16 +348,20 @@ def binarizer_params(**given: Any) -> dict[str, Any]:
     show_default=True,
     help="Run the artifact on the test split and compare with the source model.",
 )
-@click.option("--dataset", default=None, help="Dataset for validation (default: the checkpoint's).")
+@click.option(
+    "--dataset",
+    default=None,
+    help="Dataset for validation and batch-norm re-estimation (default: the checkpoint's).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def convert(
     source: str,
     fmt: str,
     output: str,
-    target: str,
+    target: str | None,
     bit_ratio: float | None,
-    ot_granularity: str,
-    recalibrate_bn: bool,
+    ot_granularity: str | None,
+    recalibrate_bn: bool | None,
     validate: bool,
     dataset: str | None,
     as_json: bool,

@@ -25,20 +25,35 @@ def run_convert(
     *,
     fmt: str,
     output: str,
-    target: str,
-    bit_ratio: float | None,
-    granularity: str,
-    recalibrate_bn: bool,
-    validate: bool,
-    dataset: str | None,
-    progress: bool,
+    target: str | None = None,
+    bit_ratio: float | None = None,
+    granularity: str | None = None,
+    recalibrate_bn: bool | None = None,
+    validate: bool = True,
+    dataset: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
+    """Convert a checkpoint. ``target``, ``granularity`` and ``recalibrate_bn``: None =
+    not given (onnxruntime, channel, re-estimate); an option the conversion would not
+    apply is refused, never ignored."""
     from bnn_export.convert.onnx_export import TARGETS
     from bnn_export.convert.source import load_source
     from bnn_export.datasets import load_dataset
 
     if fmt not in FORMATS:
         raise unknown_name("format", fmt, FORMATS)
+    check_options_apply(
+        fmt=fmt,
+        target=target,
+        bit_ratio=bit_ratio,
+        granularity=granularity,
+        recalibrate_bn=recalibrate_bn,
+        validate=validate,
+        dataset=dataset,
+    )
+    target = target or "onnxruntime"
+    granularity = granularity or "channel"
+    recalibrate = recalibrate_bn is not False
     if fmt == "onnx" and target not in TARGETS:
         raise BnnExportError(
             f"Expected `target` to be one of {', '.join(TARGETS)}, but got {target!r}"
@@ -51,17 +66,33 @@ def run_convert(
     from bnn_export.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(source_path)
+    if fmt == "onnx" and ckpt.framework == "larq":
+        raise BnnExportError(
+            "a Larq checkpoint converts to .tflite only (LCE); --format onnx exports PyTorch "
+            "checkpoints",
+            hint="use --format tflite, or train with --framework torch for an .onnx file",
+        )
     data = None
-    if validate or (bit_ratio is not None and recalibrate_bn):
+    if validate or (bit_ratio is not None and recalibrate):
         data = load_dataset(dataset or ckpt.dataset).adapted(
             tuple(ckpt.arch["kwargs"]["input_shape"])
         )
+    if bit_ratio is not None and recalibrate and data is not None:
+        _log(progress, f"fixing bit ratios, re-estimating batch norm on {data.spec}...")
     source = load_source(
-        source_path, bit_ratio=bit_ratio, granularity=granularity,
-        recalibrate_on=data.x_train if (data is not None and bit_ratio is not None and recalibrate_bn) else None,
-    )  # fmt: skip
-    _log(progress, f"converting {source_path} ({ckpt.arch['name']}, {ckpt.binarizer.name}, "
-                   f"{ckpt.framework}) to {fmt}{' (' + target + ')' if fmt == 'onnx' else ''}...")  # fmt: skip
+        source_path,
+        bit_ratio=bit_ratio,
+        granularity=granularity,
+        recalibrate_on=(
+            data.x_train if (data is not None and bit_ratio is not None and recalibrate) else None
+        ),
+    )
+    where = f" ({target})" if fmt == "onnx" else ""
+    _log(
+        progress,
+        f"converting {source_path} ({ckpt.arch['name']}, {ckpt.binarizer.name}, "
+        f"{ckpt.framework}) to {fmt}{where}...",
+    )
     if fmt == "onnx":
         from bnn_export.convert.onnx_pipeline import convert_onnx
 
@@ -98,19 +129,63 @@ def run_convert(
             )
     size = Path(output).stat().st_size
     summary = "\n".join([check.checklist(), f"wrote {output} ({size:,} bytes)"])
-    return {"output": output, "format": fmt, "target": target if fmt == "onnx" else "lce",
-            "bytes": size, "facts": facts, "validation": check.to_dict(),
-            "bit_ratio_fix": source.bit_ratio_fix, "summary": summary}  # fmt: skip
+    return {
+        "output": output,
+        "format": fmt,
+        "target": target if fmt == "onnx" else "lce",
+        "bytes": size,
+        "facts": facts,
+        "validation": check.to_dict(),
+        "bit_ratio_fix": source.bit_ratio_fix,
+        "summary": summary,
+    }
+
+
+def check_options_apply(
+    *,
+    fmt: str,
+    target: str | None,
+    bit_ratio: float | None,
+    granularity: str | None,
+    recalibrate_bn: bool | None,
+    validate: bool,
+    dataset: str | None,
+) -> None:
+    """Refuse options this conversion would not apply (None: not given)."""
+    if target is not None and fmt != "onnx":
+        raise BnnExportError(
+            f"--target {target} applies to --format onnx; a .tflite file always targets LCE",
+            hint="drop --target",
+        )
+    if bit_ratio is None:
+        for given, option in (
+            (granularity is not None, f"--ot-granularity {granularity}"),
+            (recalibrate_bn is not None, "--recalibrate-bn/--no-recalibrate-bn"),
+        ):
+            if given:
+                raise BnnExportError(
+                    f"{option} applies to bit-ratio fixing, and no --bit-ratio was given",
+                    hint="add --bit-ratio P, or drop the option",
+                )
+    uses_data = validate or (bit_ratio is not None and recalibrate_bn is not False)
+    if dataset is not None and not uses_data:
+        raise BnnExportError(
+            f"--dataset {dataset} is for validation (and batch-norm re-estimation), and "
+            "--no-validate turns validation off",
+            hint="drop --dataset, or drop --no-validate",
+        )
 
 
 def _reference_logits(source: Any, x: Any) -> Any:
+    """What the converted file must compute: the (fixed) PyTorch model, the fixed Larq
+    model, or the Larq checkpoint as it is."""
     if source.model is not None:
         from bnn_export.models.evaluation import predict
 
         return predict(source.model, x)
-    from bnn_export.models.larq_build import larq_model_from_checkpoint
+    from bnn_export.models import larq_build
 
-    model = larq_model_from_checkpoint(source.checkpoint)
-    import numpy as np
-
-    return np.asarray(model.predict(np.transpose(x, (0, 2, 3, 1)), verbose=0, batch_size=256))
+    model = source.larq_model
+    if model is None:
+        model = larq_build.larq_model_from_checkpoint(source.checkpoint)
+    return larq_build.predict(model, x)

@@ -2,8 +2,11 @@
 
 LCE's converter can abort the whole process, so the CLI runs it here. JOB_DIR holds
 ``job.json`` ({"kind": "graph"|"checkpoint", "metadata": {...}}) and either ``graph.pkl``
-(an export graph written by the parent in this private temp dir) or the checkpoint path;
-the child writes ``model.tflite`` and ``result.json``.
+(an export graph written by the parent in this private temp dir) or the checkpoint path
+and, when the parent fixed its bit ratios, ``fixed.npz`` (the fixed bits and batch-norm
+statistics, applied with ``larq_build.apply_fixed_state``); the child writes
+``model.tflite`` and ``result.json``. A checkpoint job's metadata gets the converted
+model's per-layer ``bit_ratios``.
 
 ``python -m bnn_export.convert.lce_worker --serve`` converts many jobs in one process
 (one TensorFlow import): it reads one JOB_DIR per line on stdin and answers ``ok`` or
@@ -89,16 +92,24 @@ def run_job(job_path: Path) -> None:
         binary_layers = len(graph.binary_nodes())
     else:
         from bnn_export.checkpoint import load_checkpoint
-        from bnn_export.models.larq_build import binary_layers as larq_binary_layers
         from bnn_export.models.larq_build import (
+            apply_fixed_state,
             freeze_quantized_kernels,
             larq_model_from_checkpoint,
+            layer_bit_ratios,
         )
+        from bnn_export.models.larq_build import binary_layers as larq_binary_layers
 
         ckpt = load_checkpoint(job["checkpoint"])
         model = larq_model_from_checkpoint(ckpt)
+        if job.get("fixed_state"):
+            import numpy as np
+
+            with np.load(job_path / job["fixed_state"], allow_pickle=False) as arrays:
+                apply_fixed_state(model, dict(arrays))  # what the parent fixed and verified
         layers = larq_binary_layers(model) if ckpt.binarizer.binary else []
         fallbacks = [layer.name for layer in layers if larq_float_reason(layer)]
+        job["metadata"]["bit_ratios"] = layer_bit_ratios(model)
         freeze_quantized_kernels(model)
         binary_layers = len(layers)
     flatbuffer = lce.convert_keras_model(model, target="arm")

@@ -29,13 +29,16 @@ def convert_tflite(
     with tempfile.TemporaryDirectory(prefix="bnn-export-lce-") as tmp:
         job_dir = Path(tmp)
         graph = None
+        arrays = None
         if source.model is not None:
             graph = graph_from_torch(source.model, source.input_shape)
             check_tflite_exportable(graph)
             job: dict[str, Any] = {"kind": "graph", "metadata": source.metadata(graph.bit_ratios())}
         else:
+            # bit_ratios: the child records those of the model it converts
             job = _checkpoint_job(source.checkpoint_path, source.metadata({}))
-        _write_job(job_dir, job, graph)
+            arrays = source.larq_fixed_state
+        _write_job(job_dir, job, graph, arrays)
         _run_child(job_dir, timeout)
         return _read_result(job_dir)
 
@@ -43,15 +46,27 @@ def convert_tflite(
 def _checkpoint_job(path: str | Path, metadata: dict[str, Any]) -> dict[str, Any]:
     from bnn_export.checkpoint import resolve_checkpoint_path
 
-    return {"kind": "checkpoint", "checkpoint": str(resolve_checkpoint_path(path).resolve()),
-            "metadata": metadata}  # fmt: skip
+    return {
+        "kind": "checkpoint",
+        "checkpoint": str(resolve_checkpoint_path(path).resolve()),
+        "metadata": metadata,
+    }
 
 
-def _write_job(job_dir: Path, job: dict[str, Any], graph: Any) -> None:
-    """The files lce_worker reads: job.json and, for a graph job, graph.pkl."""
+def _write_job(
+    job_dir: Path, job: dict[str, Any], graph: Any, fixed_state: dict[str, Any] | None = None
+) -> None:
+    """The files lce_worker reads: job.json and, for a graph job, graph.pkl; for a
+    checkpoint job with fixed bit ratios, fixed.npz (``larq_build.fixed_state``)."""
     if graph is not None:
         with (job_dir / "graph.pkl").open("wb") as f:
             pickle.dump(graph, f)
+    if fixed_state is not None:
+        import numpy as np
+
+        with (job_dir / "fixed.npz").open("wb") as f:
+            np.savez(f, **fixed_state)
+        job = {**job, "fixed_state": "fixed.npz"}
     (job_dir / "job.json").write_text(json.dumps(job))
 
 
@@ -89,13 +104,19 @@ def _run_child(job_dir: Path, timeout: float) -> None:
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "bnn_export.convert.lce_worker", str(job_dir)],
-            capture_output=True, text=True, timeout=timeout, env=env,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         raise BnnExportError(f"the LCE converter did not finish within {timeout:.0f} s") from None
     if proc.returncode != 0:
-        how = (f"was killed by signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
-               else f"exited with status {proc.returncode}")  # fmt: skip
+        how = (
+            f"was killed by signal {signal.Signals(-proc.returncode).name}"
+            if proc.returncode < 0
+            else f"exited with status {proc.returncode}"
+        )
         tail = "\n".join(line for line in proc.stderr.strip().splitlines()[-8:])
         raise BnnExportError(
             f"the LCE converter {how}:\n{tail}",
@@ -105,8 +126,12 @@ def _run_child(job_dir: Path, timeout: float) -> None:
 
 def _child_env(child_tmp: Path) -> dict[str, str]:
     child_tmp.mkdir(exist_ok=True)
-    return {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-            "TMPDIR": str(child_tmp)}  # fmt: skip
+    return {
+        **os.environ,
+        "TF_USE_LEGACY_KERAS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "TMPDIR": str(child_tmp),
+    }
 
 
 class LceServer:
@@ -134,9 +159,12 @@ class LceServer:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "bnn_export.convert.lce_worker", "--serve"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                text=True, env=_child_env(self._dir / "tmp"),
-            )  # fmt: skip
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=_child_env(self._dir / "tmp"),
+            )
         return self._proc
 
     def convert(

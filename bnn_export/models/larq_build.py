@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import tf_keras as keras
 
 from bnn_export.binarizers import BinarizerConfig
 from bnn_export.binarizers import larq_impl as bz
+from bnn_export.binarizers.exports import WeightExport
 from bnn_export.checkpoint import Checkpoint
 from bnn_export.errors import BnnExportError
 from bnn_export.models import ARCHS
@@ -117,14 +119,16 @@ def latent_kernel(layer: keras.layers.Layer) -> np.ndarray:
     return kernel
 
 
-class _FrozenKernel:
+class FrozenKernel:
     """A kernel quantizer that returns a fixed array: a layer's quantized kernel,
-    computed once (see ``freeze_quantized_kernels``)."""
+    computed once (see ``freeze_quantized_kernels``), or the bits and scale bit-ratio
+    fixing gave it (``export``; see ``apply_fixed_bits``)."""
 
     precision = 1
 
-    def __init__(self, value: np.ndarray) -> None:
+    def __init__(self, value: np.ndarray, export: WeightExport | None = None) -> None:
         self.value = value
+        self.export = export
 
     def __call__(self, latent: Any) -> tf.Tensor:
         return tf.constant(self.value)
@@ -138,15 +142,22 @@ def freeze_quantized_kernels(model: keras.Model) -> None:
     output channel. A quantizer evaluated in the graph must then be constant-folded by
     the converter, which it does only below a size limit: SiMaN's kernels (ranks -> bool
     -> cast -> reshape -> transpose -> * alpha) stayed in the graph from 3x3x128x256
-    up, so 4 of VGG-Small's 5 binary convs became float CONV_2D ops."""
+    up, so 4 of VGG-Small's 5 binary convs became float CONV_2D ops. Kernels already
+    frozen (fixed bits) stay as they are."""
     for layer in binary_layers(model):
         kernel = layer.kernel  # a larq QuantizedVariable
+        if isinstance(kernel.quantizer, FrozenKernel):
+            continue
         value = np.asarray(kernel.quantizer(kernel.latent_variable))
-        kernel.quantizer = _FrozenKernel(value)
+        kernel.quantizer = FrozenKernel(value)
 
 
 def export_layer(layer: keras.layers.Layer) -> Any:
-    """The ``WeightExport`` of one binary layer (bits in PyTorch layout)."""
+    """The ``WeightExport`` of one binary layer (bits in PyTorch layout): the fixed bits
+    after ``apply_fixed_bits``, else what its binarizer makes of the latent kernel."""
+    frozen = layer.kernel.quantizer
+    if isinstance(frozen, FrozenKernel) and frozen.export is not None:
+        return frozen.export
     return layer.kernel_quantizer.export(latent_kernel(layer))
 
 
@@ -159,6 +170,173 @@ def layer_bit_ratios(model: keras.Model) -> dict[str, dict[str, float]]:
         r = export_layer(layer).ratio_per_channel()
         out[layer.name] = {"mean": float(r.mean()), "min": float(r.min()), "max": float(r.max())}
     return out
+
+
+# --- bit-ratio fixing and batch-norm re-estimation ------------------------------------
+
+
+def fix_bit_ratios(model: keras.Model, p: float, granularity: str = "channel") -> dict[str, Any]:
+    """The Larq counterpart of ``bitratio.fix_bit_ratios`` (same sort, same checks, in
+    ``bitratio.fix_layers``): every binary layer's kernel becomes its OT-sorted bits times
+    the binarizer's scale, in place. Returns the verified ``LayerRatio`` per layer."""
+    from bnn_export.bitratio import FixableLayer, fix_layers
+
+    layers = binary_layers(model)
+    fixed = fix_layers(
+        (
+            FixableLayer(
+                layer.name,
+                bool(layer.kernel_quantizer.config_.binary),
+                partial(export_layer, layer),
+                partial(_score, layer),
+            )
+            for layer in layers
+        ),
+        p,
+        granularity,
+    )
+    apply_fixed_bits(model, {name: bits for name, (bits, _) in fixed.items()})
+    return {name: ratio for name, (_, ratio) in fixed.items()}
+
+
+def _score(layer: keras.layers.Layer) -> np.ndarray:
+    return np.asarray(layer.kernel_quantizer.score(latent_kernel(layer)))
+
+
+def apply_fixed_bits(model: keras.Model, fixed: dict[str, WeightExport]) -> None:
+    """Freeze each named binary layer's kernel to ``bits * scale`` (PyTorch-layout bits,
+    per-output-channel scale), the way a binarizer's own kernel is bits times scale."""
+    layers = {layer.name: layer for layer in binary_layers(model)}
+    unknown = sorted(set(fixed) - set(layers))
+    if unknown:
+        raise BnnExportError(f"fixed bits for layers the model does not have: {unknown}")
+    for name, export in fixed.items():
+        kernel = layers[name].kernel
+        bits = export.bits.astype(np.float32)
+        scaled = bits * export.scale.reshape((-1,) + (1,) * (bits.ndim - 1))
+        value = bz.from_torch_layout(scaled).reshape(tuple(kernel.shape)).astype(np.float32)
+        kernel.quantizer = FrozenKernel(value, export)
+
+
+def fixed_state(model: keras.Model) -> dict[str, np.ndarray]:
+    """What ``apply_fixed_state`` needs to turn the checkpoint's model into this one, as
+    named arrays (e.g. an .npz for the LCE child process): the fixed bits and scales of
+    frozen layers (``<layer>/bits``, ``<layer>/scale``) and every batch norm's moving
+    statistics (``<layer>/moving_mean``, ``<layer>/moving_variance``)."""
+    out: dict[str, np.ndarray] = {}
+    for layer in binary_layers(model):
+        frozen = layer.kernel.quantizer
+        if isinstance(frozen, FrozenKernel) and frozen.export is not None:
+            out[f"{layer.name}/bits"] = frozen.export.bits
+            out[f"{layer.name}/scale"] = frozen.export.scale
+    return {**out, **batchnorm_state(model)}
+
+
+def apply_fixed_state(model: keras.Model, arrays: dict[str, np.ndarray]) -> None:
+    """Apply ``fixed_state`` arrays with the functions that made them in the first place
+    (``apply_fixed_bits``, ``set_batchnorm_state``)."""
+    bits = {k: v for k, v in arrays.items() if k.endswith(("/bits", "/scale"))}
+    names = sorted({key.rsplit("/", 1)[0] for key in bits})
+    missing = [
+        f"{n}/{part}" for n in names for part in ("bits", "scale") if f"{n}/{part}" not in bits
+    ]
+    if missing:
+        raise BnnExportError(f"fixed bits are incomplete: missing {missing}")
+    apply_fixed_bits(
+        model,
+        {
+            n: WeightExport(
+                np.asarray(bits[f"{n}/bits"], np.int8), np.asarray(bits[f"{n}/scale"], np.float32)
+            )
+            for n in names
+        },
+    )
+    set_batchnorm_state(model, {k: v for k, v in arrays.items() if k not in bits})
+
+
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def batchnorm_state(model: keras.Model) -> dict[str, np.ndarray]:
+    """Every batch norm's moving statistics (``<layer>/moving_mean|moving_variance``)."""
+    out: dict[str, np.ndarray] = {}
+    for bn in batchnorm_layers(model):
+        out[f"{bn.name}/moving_mean"] = bn.moving_mean.numpy()
+        out[f"{bn.name}/moving_variance"] = bn.moving_variance.numpy()
+    return out
+
+
+def set_batchnorm_state(model: keras.Model, state: dict[str, np.ndarray]) -> None:
+    """Assign moving statistics (from ``batchnorm_state``) to the named batch norms."""
+    bns = {bn.name: bn for bn in batchnorm_layers(model)}
+    for key, value in state.items():
+        name, stat = key.rsplit("/", 1)
+        if name not in bns or stat not in ("moving_mean", "moving_variance"):
+            raise BnnExportError(f"batch-norm state {key!r} does not match the Larq model")
+        variable = getattr(bns[name], stat)
+        variable.assign(np.asarray(value, dtype=variable.dtype.as_numpy_dtype))
+
+
+def recalibrate_batchnorm(model: keras.Model, x_nchw: np.ndarray, batch_size: int = 256) -> None:
+    """Re-estimate every batch norm's moving statistics on ``x`` (NCHW, as the PyTorch
+    ``models.evaluation.recalibrate_batchnorm`` takes it): each becomes the exact mean
+    and (unbiased) variance over all of ``x`` of its input, computed in inference mode
+    with the batch norms before it already re-estimated. Weights are untouched.
+
+    Batch norms are done in dependency order, those with no pending one before them in
+    one pass (a multi-output sub-model per pass).
+    """
+    x = np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
+    bns = batchnorm_layers(model)
+    upstream = {}
+    for bn in bns:
+        sub = keras.Model(model.inputs, bn.input)
+        upstream[bn.name] = {la.name for la in sub.layers if la is not bn} & {b.name for b in bns}
+    pending = {bn.name: bn for bn in bns}
+    while pending:
+        ready = [bn for name, bn in pending.items() if not upstream[name] & set(pending)]
+        sub = keras.Model(model.inputs, [bn.input for bn in ready])
+        stats = [_Moments() for _ in ready]
+        for i in range(0, len(x), batch_size):
+            outs = sub(x[i : i + batch_size], training=False)
+            outs = outs if isinstance(outs, list | tuple) else [outs]
+            for moments, out in zip(stats, outs, strict=True):
+                moments.add(np.asarray(out))
+        state: dict[str, np.ndarray] = {}
+        for bn, moments in zip(ready, stats, strict=True):
+            state[f"{bn.name}/moving_mean"], state[f"{bn.name}/moving_variance"] = moments.result()
+            del pending[bn.name]
+        set_batchnorm_state(model, state)
+
+
+class _Moments:
+    """Per-channel (last axis) count, mean and sum of squared deviations, merged exactly
+    over batches in float64 (Chan et al.)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+
+    def add(self, batch: np.ndarray) -> None:
+        rows = batch.reshape(-1, batch.shape[-1]).astype(np.float64)
+        n = len(rows)
+        mean = rows.mean(axis=0)
+        m2 = ((rows - mean) ** 2).sum(axis=0)
+        if self.mean is None or self.m2 is None:
+            self.n, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.n * n / total)
+        self.n = total
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.mean is None or self.m2 is None or self.n < 2:
+            raise BnnExportError("batch-norm re-estimation needs at least 2 values per channel")
+        return self.mean.astype(np.float32), (self.m2 / (self.n - 1)).astype(np.float32)
 
 
 # --- state ------------------------------------------------------------------------------
