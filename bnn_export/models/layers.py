@@ -47,6 +47,38 @@ class _BinaryBase(nn.Module):
 
 
 class BinaryConv2d(_BinaryBase):
+    """A 2-D convolution over binarized inputs with binarized weights.
+
+    ``forward(x)`` computes ``conv2d(pad(q_a(x), pad_value), q_w(weight))``. The input
+    quantizer ``q_a`` maps activations to -1/+1 (+1 where x >= 0, never 0; some binarizers
+    first apply a float shift: SiMaN centres each sample, SD-BNN adds its SE branch or a
+    per-channel threshold). The weight quantizer ``q_w`` gives ``bits * scale``: bits in
+    {-1, +1} and one float scale per output channel (1 for ``ste``, ``sdbnn``, ``gwt``).
+    Both come from ``binarizer`` (a ``BinarizerConfig``, e.g.
+    ``bnn_export.binarizers.get("irnet")``) through ``binarizers.torch_impl``, with the
+    binarizer's gradient (clipped STE, EDE, ...) and per-epoch schedule. The layer has no
+    bias; batch norm follows it in the zoo models. With binarizer ``none`` it is a float
+    conv over hardtanh(x), zero-padded.
+
+    ``pad_value`` (1 or 0, default 1) is what padded positions of the *binarized* input
+    hold. With 1 every tap is -1/+1, so the layer is a pure xor/popcount over bits, which
+    LCE's fused 'same' padding and OpenVINO's ``BinaryConvolution`` compute directly. With
+    0 padded taps add nothing, which a bit cannot express: our ONNX op corrects the border
+    sums; LCE fuses it only for stride-1 'same' convs on maps at least as large as the
+    kernel; OpenVINO compiles it only where the output is no smaller than the padding.
+    Training pads with the same value, so what is trained is what is exported.
+
+    Export (``bnn_export.convert``): ``.onnx --target onnxruntime`` gives one
+    ``com.bnn_export::BinaryConv2d`` (bit-packed weights; the scale and the following
+    batch norm folded into its per-channel multiplier and bias). Its integer accumulation
+    sum(a * w) equals, bit for bit, the one this layer computes from the same binarized
+    input (checked on fuzzed models by tests/test_fuzz_export.py). ``--target openvino``
+    gives ``FakeQuantize(levels=2)`` + ``Conv``, which OpenVINO fuses into
+    ``BinaryConvolution``; ``--target reference`` a float ``Conv`` over sign(x);
+    ``.tflite`` an ``LceBconv2d``. A layer a runtime cannot binarize (docs/reliability.md)
+    is exported as an exact float conv over sign(x) and named as a float fallback.
+    """
+
     def __init__(
         self,
         in_channels: int,
@@ -98,6 +130,19 @@ class BinaryConv2d(_BinaryBase):
 
 
 class BinaryLinear(_BinaryBase):
+    """A fully-connected layer over binarized inputs with binarized weights.
+
+    ``forward(x)`` computes ``linear(q_a(x), q_w(weight))`` with the input and weight
+    quantizers of ``binarizer``, as in ``BinaryConv2d`` (activations -1/+1, weights
+    ``bits * scale`` with one scale per output feature); no bias, no padding. With
+    binarizer ``none`` it is a float linear layer over hardtanh(x).
+
+    Export: a 1x1 binary conv, since LCE has no binary dense op: in ``.onnx
+    --target onnxruntime`` ``Unsqueeze`` -> ``com.bnn_export::BinaryConv2d(kernel_shape=[1,
+    1])`` -> ``Flatten``, with the same exact integer accumulation; in ``.tflite`` an
+    ``LceBconv2d`` with a 1x1 kernel.
+    """
+
     def __init__(self, in_features: int, out_features: int, *, binarizer: BinarizerConfig) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
