@@ -1,0 +1,40 @@
+"""The README's Python example is examples/readme_example.py, and it runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "readme_example.py"
+
+
+def readme_python_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def test_readme_example_is_the_example_file() -> None:
+    blocks = readme_python_blocks()
+    assert len(blocks) == 1, f"expected one ```python block in README.md, found {len(blocks)}"
+    assert blocks[0] == EXAMPLE.read_text(encoding="utf-8"), (
+        "README.md's python block and examples/readme_example.py differ; keep them identical"
+    )
+
+
+def test_readme_example_runs(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "digits.onnx").stat().st_size > 0
+    line = r"^(test accuracy|top-1 agreement with PyTorch) ([\d.]+)%$"
+    found = dict(re.findall(line, proc.stdout, flags=re.MULTILINE))
+    assert float(found["top-1 agreement with PyTorch"]) >= 99.5, proc.stdout
+    assert float(found["test accuracy"]) > 50.0, proc.stdout  # chance is 10%
