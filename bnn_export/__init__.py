@@ -40,6 +40,8 @@ _PUBLIC = {
     "Predictor": "bnn_export.api",
     "BinaryConv2d": "bnn_export.models.layers",
     "BinaryLinear": "bnn_export.models.layers",
+    "RSign": "bnn_export.models.blocks",
+    "RPReLU": "bnn_export.models.blocks",
     "BinarizerConfig": "bnn_export.binarizers",
     "BnnExportError": "bnn_export.errors",
     "LayerRatio": "bnn_export.bitratio",
@@ -54,6 +56,8 @@ __all__ = [
     "ExportReport",
     "LayerRatio",
     "Predictor",
+    "RPReLU",
+    "RSign",
     "__version__",
     "binarize_",
     "binarizers",
@@ -78,6 +82,7 @@ if TYPE_CHECKING:
     from bnn_export.binarizers import BinarizerConfig
     from bnn_export.bitratio import LayerRatio
     from bnn_export.errors import BnnExportError
+    from bnn_export.models.blocks import RPReLU, RSign
     from bnn_export.models.layers import BinaryConv2d, BinaryLinear
 
 

@@ -13,7 +13,21 @@ from bnn_export.checkpoint import Checkpoint
 from bnn_export.errors import BnnExportError
 from bnn_export.models import ARCHS
 from bnn_export.models.layers import binary_layers
-from bnn_export.models.torch_zoo import CifarResNet, DigitsNet, VGGSmall
+from bnn_export.models.torch_zoo import (
+    BiRealNet18,
+    CifarResNet,
+    DigitsNet,
+    QuickNet,
+    ReActNetA,
+    VGGSmall,
+)
+
+#: the ImageNet-layout models: (class, smallest input side that keeps every stage >= 1 px)
+_SCALABLE: dict[str, tuple[type[nn.Module], int]] = {
+    "birealnet18": (BiRealNet18, 32),
+    "reactnet-a": (ReActNetA, 32),
+    "quicknet": (QuickNet, 32),
+}
 
 
 def build_torch_model(
@@ -43,6 +57,15 @@ def build_torch_model(
                 f"model 'vgg-small' needs square inputs divisible by 8, got {h}x{w}"
             )
         model = VGGSmall(**common, input_size=h)
+    elif name in _SCALABLE:
+        cls, smallest = _SCALABLE[name]
+        if min(h, w) < smallest:
+            raise BnnExportError(
+                f"model {name!r} downsamples by 32; it needs inputs of at least "
+                f"{smallest}x{smallest}, got {h}x{w}",
+                hint="pass --input-size 32 or more (224 is the ImageNet size)",
+            )
+        model = cls(**common, width=kw.get("width", 1.0))
     else:
         raise BnnExportError(f"no PyTorch builder for model {name!r}; valid: {', '.join(ARCHS)}")
     model.arch = arch  # type: ignore[assignment]
