@@ -1,29 +1,30 @@
-from pathlib import Path
+import torch
+from torch import nn
 
-from bnn_export import binarizers
-from bnn_export.bitratio import fix_bit_ratios
-from bnn_export.convert.graph import graph_from_torch
-from bnn_export.convert.onnx_export import to_onnx
+import bnn_export
 from bnn_export.datasets import load_dataset
-from bnn_export.models import arch_spec
-from bnn_export.models.evaluation import predict, recalibrate_batchnorm
-from bnn_export.models.torch_build import build_torch_model
-from bnn_export.runtime.runners import open_runner
-from bnn_export.train_settings import TrainSettings
-from bnn_export.train_torch import train
 
-data = load_dataset("digits")  # scikit-learn's 8x8 digits, scaled to [-1, 1]; no download
-model = build_torch_model(arch_spec("digits"), binarizers.get("ste"), seed=0)
-train(model, data, TrainSettings(epochs=3, progress=False))  # Adam + cosine, in place
+model = nn.Sequential(  # your own network: plain PyTorch layers
+    nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),  # stays float (first)
+    nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.MaxPool2d(2),
+    nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.MaxPool2d(2),
+    nn.Flatten(), nn.Linear(64 * 2 * 2, 10),  # stays float (last)
+)  # fmt: skip
+bnn_export.binarize_(model, "irnet")  # the two inner convs become BinaryConv2d
 
-ratios = fix_bit_ratios(model, 0.5)  # exactly half of each channel's weights become +1
-recalibrate_batchnorm(model, data.x_train)  # batch norm sees the fixed bits' outputs
+data = load_dataset("digits")  # scikit-learn's 8x8 digits, no download
+x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+for epoch in range(3):  # your own training loop
+    bnn_export.step_schedule(model, epoch, 3)  # IR-Net's EDE schedule
+    for i in range(0, len(x), 64):
+        loss = nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
-graph = graph_from_torch(model, data.input_shape)
-Path("digits.onnx").write_bytes(to_onnx(graph, target="onnxruntime").SerializeToString())
-logits = open_runner("digits.onnx").predict(data.x_test)  # our xor/popcount BinaryConv2d
-
-torch_top1 = predict(model, data.x_test).argmax(1)
-print(f"{len(ratios)} binary layers fixed at p = 0.5")
+report = bnn_export.export(model.eval(), "digits.onnx", input_shape=(1, 8, 8),
+                           validation=(data.x_test, data.y_test))  # fmt: skip
+logits = bnn_export.load("digits.onnx").predict(data.x_test)  # our xor/popcount kernels
+print(f"{report.binary_ops} binary ops, agreement {report.numbers['agreement']:.2%}")
 print(f"test accuracy {(logits.argmax(1) == data.y_test).mean():.2%}")
-print(f"top-1 agreement with PyTorch {(logits.argmax(1) == torch_top1).mean():.2%}")

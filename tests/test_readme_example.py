@@ -34,7 +34,8 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "digits.onnx").stat().st_size > 0
-    line = r"^(test accuracy|top-1 agreement with PyTorch) ([\d.]+)%$"
-    found = dict(re.findall(line, proc.stdout, flags=re.MULTILINE))
-    assert float(found["top-1 agreement with PyTorch"]) >= 99.5, proc.stdout
-    assert float(found["test accuracy"]) > 50.0, proc.stdout  # chance is 10%
+    ops = re.search(r"^(\d+) binary ops, agreement ([\d.]+)%$", proc.stdout, flags=re.MULTILINE)
+    accuracy = re.search(r"^test accuracy ([\d.]+)%$", proc.stdout, flags=re.MULTILINE)
+    assert ops and accuracy, proc.stdout
+    assert int(ops[1]) == 2 and float(ops[2]) >= 99.5, proc.stdout
+    assert float(accuracy[1]) > 50.0, proc.stdout  # chance is 10%
