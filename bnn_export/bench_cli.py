@@ -26,8 +26,15 @@ from bnn_export.errors import BnnExportError, unknown_name
 from bnn_export.fileio import write_files, write_json
 
 RUNTIME_CHOICES = ("auto", "lce", "onnxruntime", "openvino", "torch")
-_RUNTIMES_FOR = {"checkpoint": ("auto", "torch"), "tflite": ("auto", "lce"),
-                 "onnx": ("auto", "onnxruntime", "openvino")}  # fmt: skip
+_RUNTIMES_FOR = {
+    "checkpoint": ("auto", "torch"),
+    "tflite": ("auto", "lce"),
+    "onnx": ("auto", "onnxruntime", "openvino"),
+}
+
+
+DEFAULT_TIMEOUT = 600.0
+DEFAULT_REMOTE_PYTHON = "python3"
 
 
 @dataclass(frozen=True)
@@ -39,11 +46,11 @@ class BenchOptions:
     dataset: str | None = None
     reference: str | None = None
     max_eval: int | None = None
-    timeout: float = 600.0
+    timeout: float | None = None  # None: DEFAULT_TIMEOUT
     lce_benchmark_binary: str | None = None
     taskset: str | None = None
     emulator: str | None = None
-    remote_python: str = "python3"
+    remote_python: str | None = None  # None: DEFAULT_REMOTE_PYTHON
     remote_tmp: str | None = None
     ssh_identity: str | None = None
     ssh_known_hosts: str | None = None
@@ -56,8 +63,9 @@ def check_output_location(path: str, *, directory: bool) -> None:
     p = Path(path).absolute()
     if p.exists() and p.is_dir() != directory:
         what = "a directory" if p.is_dir() else "a file"
-        raise BnnExportError(f"cannot write {path!r}: it is {what}",
-                             hint="choose another output path")  # fmt: skip
+        raise BnnExportError(
+            f"cannot write {path!r}: it is {what}", hint="choose another output path"
+        )
     ancestor = p.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -131,6 +139,61 @@ def check_plan(model: ModelFile, device: Device, options: BenchOptions) -> None:
         )
 
 
+def _on_device(model: ModelFile, device: Device, options: BenchOptions) -> bool:
+    """Whether ``measure`` runs ``model`` through the device layer (a command that can
+    time out, temp files under --remote-tmp), not in this process."""
+    return (model.kind == "tflite" and bool(options.lce_benchmark_binary)) or (
+        model.kind == "onnx" and device.transport == "ssh"
+    )
+
+
+def check_options_apply(models: list[ModelFile], device: Device, options: BenchOptions) -> None:
+    """Refuse options that no model of this command would use (they would be ignored)."""
+    ssh_given = [
+        name
+        for name, value in (
+            ("--ssh-identity", options.ssh_identity),
+            ("--ssh-known-hosts", options.ssh_known_hosts),
+            ("--ssh-config", options.ssh_config),
+            ("--ssh-option", options.ssh_options),
+        )
+        if value
+    ]
+    if ssh_given and device.transport != "ssh":
+        raise BnnExportError(
+            f"{', '.join(ssh_given)} configure(s) ssh, and the device is {device.describe()}",
+            hint="drop the ssh options, or bench on --device ssh://user@host",
+        )
+    on_device = [m for m in models if _on_device(m, device, options)]
+    if options.lce_benchmark_binary and not any(m.kind == "tflite" for m in models):
+        raise BnnExportError(
+            "--lce-benchmark-binary runs .tflite files, and none of the models is one",
+            hint="drop --lce-benchmark-binary, or add the .tflite files to bench",
+        )
+    if options.taskset and not any(m.kind == "tflite" for m in on_device):
+        raise BnnExportError(
+            "--taskset pins lce_benchmark_model, which runs only .tflite files benched with "
+            "--lce-benchmark-binary; no model here is",
+            hint="drop --taskset, or pass --lce-benchmark-binary PATH with a .tflite file",
+        )
+    if options.remote_python is not None and not any(m.kind == "onnx" for m in on_device):
+        raise BnnExportError(
+            "--remote-python runs the .onnx worker on an ssh device; no model here runs there",
+            hint="drop --remote-python, or bench .onnx files on --device ssh://user@host",
+        )
+    for given, option in (
+        (options.timeout is not None, "--timeout"),
+        (options.remote_tmp is not None, "--remote-tmp"),
+    ):
+        if given and not on_device:
+            raise BnnExportError(
+                f"{option} applies to models run through the device layer (.tflite with "
+                "--lce-benchmark-binary, .onnx on an ssh device); every model here runs in "
+                "this process",
+                hint=f"drop {option}",
+            )
+
+
 class EvalSets:
     """Eval images per (dataset, input shape), loaded once."""
 
@@ -146,9 +209,11 @@ class EvalSets:
         key = (spec, shape)
         if key not in self.cache:
             self.cache[key] = load_eval_set(
-                spec, input_shape=shape or (), trained_on=record.get("trained_on") if shape else None,
+                spec,
+                input_shape=shape or (),
+                trained_on=record.get("trained_on") if shape else None,
                 max_eval=self.options.max_eval,
-            )  # fmt: skip
+            )
         eval_set = self.cache[key]
         if shape is not None and tuple(eval_set.x.shape[1:]) != shape:
             raise BnnExportError(
@@ -217,41 +282,72 @@ def measure(
     emulator = shlex.split(options.emulator) if options.emulator else None
     if model.kind == "tflite" and binary:
         measured = remote.bench_tflite_on_device(
-            device, path, binary=binary, num_threads=options.num_threads,
-            settings=options.latency, timeout=options.timeout, taskset=options.taskset,
+            device,
+            path,
+            binary=binary,
+            num_threads=options.num_threads,
+            settings=options.latency,
+            timeout=options.timeout or DEFAULT_TIMEOUT,
+            taskset=options.taskset,
             emulator=emulator,
-        )  # fmt: skip
+        )
     elif model.kind == "onnx" and device.transport == "ssh":
         measured = remote.bench_onnx_over_ssh(
-            device, path, runtime=options.runtime, num_threads=options.num_threads,
-            settings=options.latency, eval_set=eval_set, timeout=options.timeout,
-            remote_python=options.remote_python, device_info=device_info, emulator=emulator,
-        )  # fmt: skip
+            device,
+            path,
+            runtime=options.runtime,
+            num_threads=options.num_threads,
+            settings=options.latency,
+            eval_set=eval_set,
+            timeout=options.timeout or DEFAULT_TIMEOUT,
+            remote_python=options.remote_python or DEFAULT_REMOTE_PYTHON,
+            device_info=device_info,
+            emulator=emulator,
+        )
         measured["accuracy_on"] = "device"
-        return {**measured, "device": device_record(
-            measured.pop("device"), emulated=measured.pop("emulated"),
-            emulator=measured.pop("emulator"), note=measured.pop("note"))}  # fmt: skip
+        return {
+            **measured,
+            "device": device_record(
+                measured.pop("device"),
+                emulated=measured.pop("emulated"),
+                emulator=measured.pop("emulator"),
+                note=measured.pop("note"),
+            ),
+        }
     else:
         measured = local.bench_local(
-            path, runtime=options.runtime, num_threads=options.num_threads,
-            settings=options.latency, eval_set=eval_set,
-        )  # fmt: skip
+            path,
+            runtime=options.runtime,
+            num_threads=options.num_threads,
+            settings=options.latency,
+            eval_set=eval_set,
+        )
         measured["accuracy_on"] = "device"
-        return {**measured, "device": device_record(device_info(), emulated=False,
-                                                    emulator=None, note=None)}  # fmt: skip
+        return {
+            **measured,
+            "device": device_record(device_info(), emulated=False, emulator=None, note=None),
+        }
     # lce_benchmark_model prints no outputs: accuracy comes from the LCE interpreter here.
     if eval_set is not None:
         measured["logits"] = local.local_logits(path, runtime="lce", eval_set=eval_set)
     measured["accuracy_on"] = "local"
-    measured["device"] = device_record(measured["device"], emulated=measured.pop("emulated"),
-                                       emulator=measured.pop("emulator"), note=measured.pop("note"))  # fmt: skip
+    measured["device"] = device_record(
+        measured["device"],
+        emulated=measured.pop("emulated"),
+        emulator=measured.pop("emulator"),
+        note=measured.pop("note"),
+    )
     return measured
 
 
 def run_bench(
-    paths: list[str], options: BenchOptions, *, json_out: str | None, report_dir: str | None,
+    paths: list[str],
+    options: BenchOptions,
+    *,
+    json_out: str | None,
+    report_dir: str | None,
     progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     from bnn_export.bench.report import REPORT_FILES, make_report, markdown_table, plot_png
 
     if not paths:
@@ -268,6 +364,7 @@ def run_bench(
     models = [open_model_file(p) for p in paths]
     for model in models:
         check_plan(model, device, options)
+    check_options_apply(models, device, options)
     if options.reference is not None:
         open_model_file(options.reference)  # a clear error now rather than after timing
     evals, reference = EvalSets(options), Reference(options.reference)
@@ -285,21 +382,38 @@ def run_bench(
             accuracy = None
             if eval_set is not None and measured["logits"] is not None:
                 accuracy = score(measured["logits"], eval_set.y, reference=reference.get(eval_set))
-                accuracy.update(dataset=eval_set.spec, reference=options.reference,
-                                measured_on=measured["accuracy_on"])  # fmt: skip
-            results.append({"model": record, "runtime": measured["runtime"],
-                            "device": measured["device"], "latency_us": measured["latency_us"],
-                            "accuracy": accuracy})  # fmt: skip
+                accuracy.update(
+                    dataset=eval_set.spec,
+                    reference=options.reference,
+                    measured_on=measured["accuracy_on"],
+                )
+            results.append(
+                {
+                    "model": record,
+                    "runtime": measured["runtime"],
+                    "device": measured["device"],
+                    "latency_us": measured["latency_us"],
+                    "accuracy": accuracy,
+                }
+            )
     except DeviceError as exc:
         raise device_error(exc) from None
     settings = {
-        "device": options.device, "runtime": options.runtime, "num_threads": options.num_threads,
-        "num_runs": options.latency.num_runs, "warmup_runs": options.latency.warmup_runs,
-        "min_secs": options.latency.min_secs, "max_secs": options.latency.max_secs,
-        "dataset": options.dataset, "reference": options.reference, "max_eval": options.max_eval,
-        "timeout": options.timeout, "taskset": options.taskset, "emulator": options.emulator,
+        "device": options.device,
+        "runtime": options.runtime,
+        "num_threads": options.num_threads,
+        "num_runs": options.latency.num_runs,
+        "warmup_runs": options.latency.warmup_runs,
+        "min_secs": options.latency.min_secs,
+        "max_secs": options.latency.max_secs,
+        "dataset": options.dataset,
+        "reference": options.reference,
+        "max_eval": options.max_eval,
+        "timeout": options.timeout or DEFAULT_TIMEOUT,
+        "taskset": options.taskset,
+        "emulator": options.emulator,
         "lce_benchmark_binary": options.lce_benchmark_binary,
-    }  # fmt: skip
+    }
     report = make_report(results, settings)
     table = markdown_table(report)
     written = []
@@ -309,11 +423,14 @@ def run_bench(
     if report_dir is not None:
         png = plot_png(report)
         directory = Path(report_dir)
-        write_files(directory, {
-            "bench.json": (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
-            "bench.md": (table + "\n").encode(),
-            "bench.png": png,
-        })  # fmt: skip
+        write_files(
+            directory,
+            {
+                "bench.json": (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
+                "bench.md": (table + "\n").encode(),
+                "bench.png": png,
+            },
+        )
         written += [str(directory / n) for n in REPORT_FILES]
     return {"report": report, "table": table, "written": written}
 

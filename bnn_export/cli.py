@@ -177,9 +177,14 @@ def train(
     if output is not None:
         check_writable(output)
     settings = TrainSettings(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, num_threads=num_threads,
-        weight_decay=weight_decay, progress=not quiet and not as_json,
-    )  # fmt: skip
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        num_threads=num_threads,
+        weight_decay=weight_decay,
+        progress=not quiet and not as_json,
+    )
     metrics = train_run(
         framework=framework,
         arch=arch,
@@ -260,9 +265,13 @@ def sweep(
     )
     check_writable(output)
     settings = TrainSettings(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, num_threads=num_threads,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        num_threads=num_threads,
         progress=False,
-    )  # fmt: skip
+    )
     rows = run_sweep(
         arch=arch,
         data=data,
@@ -392,22 +401,46 @@ def convert(
     show_default=True,
     help="local | ssh://user@host[:port] | adb | adb:SERIAL.",
 )
-@click.option("--runtime", default="auto", show_default=True,
-              type=click.Choice(["auto", "lce", "onnxruntime", "openvino", "torch"]),
-              help="auto: lce for .tflite, onnxruntime/openvino by the .onnx target, torch for "
-              "checkpoints.")  # fmt: skip
+@click.option(
+    "--runtime",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "lce", "onnxruntime", "openvino", "torch"]),
+    help="auto: lce for .tflite, onnxruntime/openvino by the .onnx target, torch for checkpoints.",
+)
 @click.option("--num-threads", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--num-runs", default=50, show_default=True, type=click.IntRange(min=1),
-              help="Minimum number of timed runs.")  # fmt: skip
+@click.option(
+    "--num-runs",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Minimum number of timed runs.",
+)
 @click.option("--warmup-runs", default=1, show_default=True, type=click.IntRange(min=0))
-@click.option("--min-secs", default=1.0, show_default=True, type=click.FloatRange(min=0),
-              help="Minimum time of the timed runs (seconds).")  # fmt: skip
-@click.option("--dataset", default=None,
-              help="Accuracy on this dataset's test split (default: the one the model records).")  # fmt: skip
-@click.option("--max-eval", default=None, type=click.IntRange(min=1),
-              help="Score only the first N test images.")  # fmt: skip
-@click.option("--reference", default=None, type=click.Path(),
-              help="Run dir / checkpoint whose predictions the models are compared with.")  # fmt: skip
+@click.option(
+    "--min-secs",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Minimum time of the timed runs (seconds).",
+)
+@click.option(
+    "--dataset",
+    default=None,
+    help="Accuracy on this dataset's test split (default: the one the model records).",
+)
+@click.option(
+    "--max-eval",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Score only the first N test images.",
+)
+@click.option(
+    "--reference",
+    default=None,
+    type=click.Path(),
+    help="Run dir / checkpoint whose predictions the models are compared with.",
+)
 @click.option(
     "--min-agreement",
     default=None,
@@ -416,51 +449,106 @@ def convert(
     "--reference is below this fraction, e.g. 0.995.",
 )
 @click.option("--json", "json_out", default=None, type=click.Path(), help="Write the JSON report.")
-@click.option("--report", "report_dir", default=None, type=click.Path(),
-              help="Write bench.json, bench.md and bench.png into DIR.")  # fmt: skip
-@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Seconds a command on a remote device may take.")  # fmt: skip
-@click.option("--lce-benchmark-binary", default=None,
-              help="lce_benchmark_model: path on the device (adb: a local file is pushed).")  # fmt: skip
+@click.option(
+    "--report",
+    "report_dir",
+    default=None,
+    type=click.Path(),
+    help="Write bench.json, bench.md and bench.png into DIR.",
+)
+@click.option(
+    "--timeout",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a command on the device may take (default 600).",
+)
+@click.option(
+    "--lce-benchmark-binary",
+    default=None,
+    help="lce_benchmark_model: path on the device (adb: a local file is pushed).",
+)
 @click.option("--taskset", default=None, help="CPU mask to pin lce_benchmark_model, e.g. f0.")
-@click.option("--emulator", default=None,
-              help="Run lce_benchmark_model, or the .onnx worker over ssh, under this emulator "
-              "(e.g. qemu-aarch64-static, or 'qemu-aarch64-static -L ROOTFS' with --remote-python "
-              "ROOTFS/.../python); results are marked emulated, never ARM latency.")  # fmt: skip
-@click.option("--remote-python", default="python3", show_default=True,
-              help="Python with bnn-export on an ssh device (runs the .onnx worker).")  # fmt: skip
+@click.option(
+    "--emulator",
+    default=None,
+    help="Run lce_benchmark_model, or the .onnx worker over ssh, under this emulator "
+    "(e.g. qemu-aarch64-static, or 'qemu-aarch64-static -L ROOTFS' with --remote-python "
+    "ROOTFS/.../python); results are marked emulated, never ARM latency.",
+)
+@click.option(
+    "--remote-python",
+    default=None,
+    help="Python with bnn-export on an ssh device (runs the .onnx worker; default python3).",
+)
 @click.option("--remote-tmp", default=None, help="Directory for temp files on the device.")
 @click.option("--ssh-identity", default=None, type=click.Path(), help="ssh private key file.")
-@click.option("--ssh-known-hosts", default=None, type=click.Path(),
-              help="known_hosts file (host keys are then checked strictly).")  # fmt: skip
+@click.option(
+    "--ssh-known-hosts",
+    default=None,
+    type=click.Path(),
+    help="known_hosts file (host keys are then checked strictly).",
+)
 @click.option("--ssh-config", default=None, type=click.Path(), help="ssh config file (ssh -F).")
 @click.option("--ssh-option", "ssh_options", multiple=True, help="Extra ssh -o Key=Value.")
 @click.option("--json-stdout", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def bench(
-    models: tuple[str, ...], device: str, runtime: str, num_threads: int, num_runs: int,
-    warmup_runs: int, min_secs: float, dataset: str | None, max_eval: int | None,
-    reference: str | None, min_agreement: float | None, json_out: str | None,
-    report_dir: str | None, timeout: float,
-    lce_benchmark_binary: str | None, taskset: str | None, emulator: str | None,
-    remote_python: str, remote_tmp: str | None, ssh_identity: str | None,
-    ssh_known_hosts: str | None, ssh_config: str | None, ssh_options: tuple[str, ...],
-    as_json: bool, quiet: bool,
-) -> None:  # fmt: skip
+    models: tuple[str, ...],
+    device: str,
+    runtime: str,
+    num_threads: int,
+    num_runs: int,
+    warmup_runs: int,
+    min_secs: float,
+    dataset: str | None,
+    max_eval: int | None,
+    reference: str | None,
+    min_agreement: float | None,
+    json_out: str | None,
+    report_dir: str | None,
+    timeout: float | None,
+    lce_benchmark_binary: str | None,
+    taskset: str | None,
+    emulator: str | None,
+    remote_python: str | None,
+    remote_tmp: str | None,
+    ssh_identity: str | None,
+    ssh_known_hosts: str | None,
+    ssh_config: str | None,
+    ssh_options: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Measure latency and accuracy of .tflite/.onnx files and checkpoints, here or on a device."""
     from bnn_export.bench.latency import LatencySettings
     from bnn_export.bench_cli import BenchOptions, check_agreement, run_bench
 
     options = BenchOptions(
-        device=device, runtime=runtime, num_threads=num_threads,
+        device=device,
+        runtime=runtime,
+        num_threads=num_threads,
         latency=LatencySettings(num_runs=num_runs, warmup_runs=warmup_runs, min_secs=min_secs),
-        dataset=dataset, reference=reference, max_eval=max_eval, timeout=timeout,
-        lce_benchmark_binary=lce_benchmark_binary, taskset=taskset, emulator=emulator,
-        remote_python=remote_python, remote_tmp=remote_tmp, ssh_identity=ssh_identity,
-        ssh_known_hosts=ssh_known_hosts, ssh_config=ssh_config, ssh_options=ssh_options,
-    )  # fmt: skip
-    result = run_bench(list(models), options, json_out=json_out, report_dir=report_dir,
-                       progress=not quiet and not as_json)  # fmt: skip
+        dataset=dataset,
+        reference=reference,
+        max_eval=max_eval,
+        timeout=timeout,
+        lce_benchmark_binary=lce_benchmark_binary,
+        taskset=taskset,
+        emulator=emulator,
+        remote_python=remote_python,
+        remote_tmp=remote_tmp,
+        ssh_identity=ssh_identity,
+        ssh_known_hosts=ssh_known_hosts,
+        ssh_config=ssh_config,
+        ssh_options=ssh_options,
+    )
+    result = run_bench(
+        list(models),
+        options,
+        json_out=json_out,
+        report_dir=report_dir,
+        progress=not quiet and not as_json,
+    )
     text = result["table"] + "".join(f"\nwrote {path}" for path in result["written"])
     _emit(result["report"], as_json, text)
     check_agreement(result["report"], min_agreement)

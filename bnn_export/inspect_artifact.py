@@ -38,12 +38,18 @@ def inspect_onnx(data: bytes) -> dict[str, Any]:
             binary_inputs.add(n.input[1])
             layers.append({"name": n.name, "binary_params": int(count)})
     float_params = sum(
-        int(np.prod(t.dims)) for name, t in inits.items()
+        int(np.prod(t.dims))
+        for name, t in inits.items()
         if name not in binary_inputs and numpy_helper.to_array(t).dtype.kind == "f"
-    )  # fmt: skip
+    )
     meta = {p.key: _maybe_json(p.value) for p in model.metadata_props}
-    return {"ops": dict(sorted(ops.items())), "binary_params": binary_params,
-            "float_params": float_params, "binary_layers": layers, "metadata": meta}  # fmt: skip
+    return {
+        "ops": dict(sorted(ops.items())),
+        "binary_params": binary_params,
+        "float_params": float_params,
+        "binary_layers": layers,
+        "metadata": meta,
+    }
 
 
 def _maybe_json(value: str) -> Any:
@@ -110,8 +116,13 @@ def inspect_tflite(data: bytes) -> dict[str, Any]:
         buf = model.Buffers(tensor.Buffer())
         if buf is not None and buf.DataLength() > 0 and tensor.Type() == tflite.TensorType.FLOAT32:
             float_params += int(np.prod(tensor.ShapeAsNumpy())) if tensor.ShapeLength() else 1
-    return {"ops": dict(sorted(ops.items())), "binary_params": binary_params,
-            "float_params": float_params, "binary_layers": layers, "metadata": tflite_metadata(data)}  # fmt: skip
+    return {
+        "ops": dict(sorted(ops.items())),
+        "binary_params": binary_params,
+        "float_params": float_params,
+        "binary_layers": layers,
+        "metadata": tflite_metadata(data),
+    }
 
 
 def _lce_channels_in(op: Any) -> int | None:

@@ -50,11 +50,24 @@ def parity_checks(
         float((reference.argmax(1) == labels).mean()),
     )
     max_diff = float(np.abs(logits - reference).max())
-    v.numbers.update({"agreement": agreement, "accuracy": acc, "reference_accuracy": ref_acc,
-                      "max_abs_logit_diff": max_diff, "samples": int(len(labels))})  # fmt: skip
+    v.numbers.update(
+        {
+            "agreement": agreement,
+            "accuracy": acc,
+            "reference_accuracy": ref_acc,
+            "max_abs_logit_diff": max_diff,
+            "samples": int(len(labels)),
+        }
+    )
     v.add("output shape", logits.shape == reference.shape, f"{logits.shape} vs {reference.shape}")
-    v.add("top-1 agreement with the source model", agreement >= MIN_AGREEMENT,
-          f"{agreement:.2%} (>= {MIN_AGREEMENT:.1%}) on {len(labels)} test images")  # fmt: skip
-    v.add("test accuracy", ref_acc - acc <= MAX_ACCURACY_DROP,
-          f"artifact {acc:.2%} vs source {ref_acc:.2%} (drop <= {MAX_ACCURACY_DROP:.1%})")  # fmt: skip
+    v.add(
+        "top-1 agreement with the source model",
+        agreement >= MIN_AGREEMENT,
+        f"{agreement:.2%} (>= {MIN_AGREEMENT:.1%}) on {len(labels)} test images",
+    )
+    v.add(
+        "test accuracy",
+        ref_acc - acc <= MAX_ACCURACY_DROP,
+        f"artifact {acc:.2%} vs source {ref_acc:.2%} (drop <= {MAX_ACCURACY_DROP:.1%})",
+    )
     v.add("max abs logit difference", bool(np.isfinite(max_diff)), f"{max_diff:.3g}")

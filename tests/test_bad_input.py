@@ -59,8 +59,21 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     good = root / "good.safetensors"
     save_checkpoint(good, ckpt)
     out = {"ckpt": good}
-    assert main(["convert", str(good), "--format", "onnx", "-o", str(root / "good.onnx"),
-                 "--no-validate", "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "convert",
+                str(good),
+                "--format",
+                "onnx",
+                "-o",
+                str(root / "good.onnx"),
+                "--no-validate",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out["onnx"] = root / "good.onnx"
     for kind, src in (("ckpt", good), ("onnx", out["onnx"])):
         data = src.read_bytes()
@@ -103,13 +116,28 @@ def test_damaged_checkpoint_convert_and_bench(
     src = str(files[f"{damage}-ckpt"])
     for fmt in ("onnx", "tflite"):
         out = tmp_path / f"m.{fmt}"
-        cli_fails(capsys, "convert", src, "--format", fmt, "-o", str(out),
-                  match="is not a valid bnn-export checkpoint (corrupt or truncated)")  # fmt: skip
+        cli_fails(
+            capsys,
+            "convert",
+            src,
+            "--format",
+            fmt,
+            "-o",
+            str(out),
+            match="is not a valid bnn-export checkpoint (corrupt or truncated)",
+        )
         assert not out.exists() and os.listdir(tmp_path) == []
     cli_fails(capsys, "bench", src, *FAST_BENCH, match="not a valid bnn-export checkpoint")
     # a damaged checkpoint as bench's --reference
-    cli_fails(capsys, "bench", str(files["onnx"]), "--reference", src, *FAST_BENCH,
-              match="not a valid bnn-export checkpoint")  # fmt: skip
+    cli_fails(
+        capsys,
+        "bench",
+        str(files["onnx"]),
+        "--reference",
+        src,
+        *FAST_BENCH,
+        match="not a valid bnn-export checkpoint",
+    )
     # inspect takes artifacts: a checkpoint (damaged or not) is refused by content
     cli_fails(capsys, "inspect", src, match="error:")
 
@@ -127,8 +155,16 @@ def test_damaged_onnx_inspect_and_bench(
 def test_convert_of_an_artifact_is_refused(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cli_fails(capsys, "convert", str(files["onnx"]), "--format", "tflite",
-              "-o", str(tmp_path / "m.tflite"), match="not a valid bnn-export checkpoint")  # fmt: skip
+    cli_fails(
+        capsys,
+        "convert",
+        str(files["onnx"]),
+        "--format",
+        "tflite",
+        "-o",
+        str(tmp_path / "m.tflite"),
+        match="not a valid bnn-export checkpoint",
+    )
     assert os.listdir(tmp_path) == []
 
 
@@ -136,8 +172,13 @@ def test_unknown_custom_onnx_op_is_named(
     files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     for command in (["inspect"], ["bench", *FAST_BENCH]):
-        err = cli_fails(capsys, command[0], str(files["unknown-op"]), *command[1:],
-                        match="uses custom op(s) com.example::MysteryOp")  # fmt: skip
+        err = cli_fails(
+            capsys,
+            command[0],
+            str(files["unknown-op"]),
+            *command[1:],
+            match="uses custom op(s) com.example::MysteryOp",
+        )
         assert "fix: export with `bnn-export convert --format onnx --target" in err
 
 
@@ -163,8 +204,9 @@ open(sys.argv[1], "wb").write(tf.lite.TFLiteConverter.from_keras_model(keras.Mod
 @pytest.fixture(scope="module")
 def plain_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("plain") / "plain.tflite"
-    done = subprocess.run([sys.executable, "-c", PLAIN_TFLITE, str(path)],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_TFLITE, str(path)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return path
 
@@ -187,8 +229,9 @@ def test_truncated_tflite(
     path = tmp_path / "cut.tflite"
     path.write_bytes(data[: int(len(data) * keep)])
     for command in (["inspect"], ["bench", *FAST_BENCH]):
-        cli_fails(capsys, command[0], str(path), *command[1:],
-                  match="not a valid TFLite flatbuffer")  # fmt: skip
+        cli_fails(
+            capsys, command[0], str(path), *command[1:], match="not a valid TFLite flatbuffer"
+        )
 
 
 # -- wrong inputs at bench time ----------------------------------------------------------
@@ -198,8 +241,15 @@ def test_bench_with_wrong_input_shape(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cifar = write_cifar_fixture(tmp_path / "cifar")
-    cli_fails(capsys, "bench", str(files["onnx"]), "--dataset", f"cifar10:{cifar}", *FAST_BENCH,
-              match="test images have shape (3, 32, 32) (C, H, W), but")  # fmt: skip
+    cli_fails(
+        capsys,
+        "bench",
+        str(files["onnx"]),
+        "--dataset",
+        f"cifar10:{cifar}",
+        *FAST_BENCH,
+        match="test images have shape (3, 32, 32) (C, H, W), but",
+    )
 
 
 def test_runner_rejects_wrong_shape_and_dtype(files: dict[str, Path]) -> None:
@@ -217,8 +267,19 @@ def test_corrupt_dataset_for_train_and_sweep(
     batch = cifar / "data_batch_1"
     batch.write_bytes(batch.read_bytes()[:500])
     for command in ("train", "sweep"):
-        cli_fails(capsys, command, "--dataset", f"cifar10:{cifar}", "--model", "vgg-small",
-                  "--epochs", "1", "-o", str(tmp_path / command), match="error:")  # fmt: skip
+        cli_fails(
+            capsys,
+            command,
+            "--dataset",
+            f"cifar10:{cifar}",
+            "--model",
+            "vgg-small",
+            "--epochs",
+            "1",
+            "-o",
+            str(tmp_path / command),
+            match="error:",
+        )
         assert not (tmp_path / command).exists()
 
 
@@ -230,25 +291,62 @@ def test_non_finite_weights(
     files: dict[str, Path], bad: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     match = "has non-finite values (NaN/inf) in 'conv1.weight'"
-    cli_fails(capsys, "convert", str(files[bad]), "--format", "onnx",
-              "-o", str(tmp_path / "m.onnx"), match=match)  # fmt: skip
+    cli_fails(
+        capsys,
+        "convert",
+        str(files[bad]),
+        "--format",
+        "onnx",
+        "-o",
+        str(tmp_path / "m.onnx"),
+        match=match,
+    )
     cli_fails(capsys, "bench", str(files[bad]), *FAST_BENCH, match=match)
     assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("ratio, sign", [("0.001", "-1"), ("0.999", "+1")])
 def test_bit_ratio_that_cannot_be_met(
-    files: dict[str, Path], ratio: str, sign: str, tmp_path: Path,
+    files: dict[str, Path],
+    ratio: str,
+    sign: str,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     out = tmp_path / "m.onnx"
-    err = cli_fails(capsys, "convert", str(files["ckpt"]), "--format", "onnx", "-o", str(out),
-                    "--bit-ratio", ratio, "--no-validate", match="cannot be met")  # fmt: skip
+    err = cli_fails(
+        capsys,
+        "convert",
+        str(files["ckpt"]),
+        "--format",
+        "onnx",
+        "-o",
+        str(out),
+        "--bit-ratio",
+        ratio,
+        "--no-validate",
+        match="cannot be met",
+    )
     assert f"so every weight would be {sign}" in err and "per channel" in err
     assert not out.exists()
     # the smallest meetable ratio for these layers converts
-    assert main(["convert", str(files["ckpt"]), "--format", "onnx", "-o", str(out),
-                 "--bit-ratio", "0.01", "--no-validate", "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "convert",
+                str(files["ckpt"]),
+                "--format",
+                "onnx",
+                "-o",
+                str(out),
+                "--bit-ratio",
+                "0.01",
+                "--no-validate",
+                "--json",
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -261,22 +359,46 @@ def test_bit_ratio_that_cannot_be_met(
     ],
 )
 def test_train_refuses_a_bit_ratio_that_cannot_be_met(
-    args: tuple[str, ...], layer: str, sign: str, tmp_path: Path,
+    args: tuple[str, ...],
+    layer: str,
+    sign: str,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     """Refused before any training (no dataset pass, no output), naming the layer and the
     ratios the model can meet."""
     out = tmp_path / "run"
     t0 = time.perf_counter()
-    err = cli_fails(capsys, "train", "--binarizer", "equal_bits", *args, "--epochs", "50",
-                    "-o", str(out), "--quiet", match="cannot be met")  # fmt: skip
+    err = cli_fails(
+        capsys,
+        "train",
+        "--binarizer",
+        "equal_bits",
+        *args,
+        "--epochs",
+        "50",
+        "-o",
+        str(out),
+        "--quiet",
+        match="cannot be met",
+    )
     assert time.perf_counter() - t0 < 30, "checked before training"
     assert f"in layer {layer!r}" in err and f"every weight would be {sign}" in err
     assert "which every layer meets" in err and "achievable there: k/" in err
     assert not out.exists() and os.listdir(tmp_path) == []
     # a sweep over ratios refuses up front too
-    err = cli_fails(capsys, "sweep", "--bit-ratios", "0.5,0.001", "--epochs", "50", "-o",
-                    str(tmp_path / "sweep"), "--quiet", match="cannot be met")  # fmt: skip
+    err = cli_fails(
+        capsys,
+        "sweep",
+        "--bit-ratios",
+        "0.5,0.001",
+        "--epochs",
+        "50",
+        "-o",
+        str(tmp_path / "sweep"),
+        "--quiet",
+        match="cannot be met",
+    )
     assert not (tmp_path / "sweep").exists()
 
 
@@ -286,16 +408,147 @@ def test_train_and_sweep_refuse_a_bad_learning_rate(
     command: str, lr: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    cli_fails(capsys, command, "--lr", lr, "-o", str(out), "--quiet",
-              match="--lr must be a positive number")  # fmt: skip
+    cli_fails(
+        capsys,
+        command,
+        "--lr",
+        lr,
+        "-o",
+        str(out),
+        "--quiet",
+        match="--lr must be a positive number",
+    )
     assert not out.exists()
+
+
+# -- options that would be ignored are refused -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (
+            ("--format", "tflite", "--target", "openvino"),
+            "--target openvino applies to --format onnx",
+        ),
+        (
+            ("--format", "onnx", "--ot-granularity", "layer"),
+            "--ot-granularity layer applies to bit-ratio",
+        ),
+        (
+            ("--format", "onnx", "--no-recalibrate-bn"),
+            "applies to bit-ratio fixing, and no --bit-ratio",
+        ),
+        (
+            ("--format", "onnx", "--recalibrate-bn"),
+            "applies to bit-ratio fixing, and no --bit-ratio",
+        ),
+        (
+            ("--format", "onnx", "--no-validate", "--dataset", "digits"),
+            "--no-validate turns validation off",
+        ),
+        (
+            (
+                "--format",
+                "onnx",
+                "--no-validate",
+                "--bit-ratio",
+                "0.3",
+                "--no-recalibrate-bn",
+                "--dataset",
+                "digits",
+            ),
+            "--no-validate turns validation off",
+        ),
+    ],
+)
+def test_convert_refuses_options_it_would_ignore(
+    files: dict[str, Path],
+    args: tuple[str, ...],
+    match: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "m.out"
+    cli_fails(capsys, "convert", str(files["ckpt"]), "-o", str(out), *args, match=match)
+    assert os.listdir(tmp_path) == []
+
+
+def test_convert_dataset_without_validation_is_for_batchnorm(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dataset with --no-validate is used (and accepted) when it re-estimates batch norm."""
+    out = tmp_path / "m.onnx"
+    assert (
+        main(
+            [
+                "convert",
+                str(files["ckpt"]),
+                "--format",
+                "onnx",
+                "-o",
+                str(out),
+                "--no-validate",
+                "--bit-ratio",
+                "0.3",
+                "--dataset",
+                "digits",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert '"batchnorm_reestimated": true' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("--ssh-identity", "key"), "--ssh-identity configure(s) ssh, and the device is"),
+        (("--ssh-option", "Port=2"), "--ssh-option configure(s) ssh"),
+        (("--lce-benchmark-binary", "/bin/true"), "none of the models is one"),
+        (("--taskset", "1"), "--taskset pins lce_benchmark_model"),
+        (("--remote-python", "python3"), "--remote-python runs the .onnx worker on an ssh device"),
+        (("--timeout", "5"), "--timeout applies to models run through the device layer"),
+        (("--remote-tmp", "/tmp"), "--remote-tmp applies to models run through the device layer"),
+    ],
+)
+def test_bench_refuses_options_it_would_ignore(
+    files: dict[str, Path],
+    args: tuple[str, ...],
+    match: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = tmp_path / "report"
+    cli_fails(
+        capsys,
+        "bench",
+        str(files["onnx"]),
+        str(files["ckpt"]),
+        *args,
+        *FAST_BENCH,
+        "--report",
+        str(report),
+        match=match,
+    )
+    assert not report.exists()
 
 
 def test_num_threads_is_for_the_pytorch_trainer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cli_fails(capsys, "train", "--framework", "larq", "--num-threads", "2", "-o",
-              str(tmp_path / "run"), match="--num-threads")  # fmt: skip
+    cli_fails(
+        capsys,
+        "train",
+        "--framework",
+        "larq",
+        "--num-threads",
+        "2",
+        "-o",
+        str(tmp_path / "run"),
+        match="--num-threads",
+    )
     assert os.listdir(tmp_path) == []
 
 
@@ -321,20 +574,43 @@ def test_output_under_a_regular_file(
     match = "it is a file"
     cli_fails(capsys, "train", "--epochs", "1", "-o", under, match=match)
     cli_fails(capsys, "sweep", "--epochs", "1", "-o", under, match=match)
-    cli_fails(capsys, "convert", str(files["ckpt"]), "--format", "onnx", "-o", under + ".onnx",
-              match=match)  # fmt: skip
-    cli_fails(capsys, "bench", str(files["onnx"]), *FAST_BENCH, "--json", under + ".json",
-              match="is not a writable directory")  # fmt: skip
-    cli_fails(capsys, "bench", str(files["onnx"]), *FAST_BENCH, "--report", under,
-              match="is not a writable directory")  # fmt: skip
+    cli_fails(
+        capsys,
+        "convert",
+        str(files["ckpt"]),
+        "--format",
+        "onnx",
+        "-o",
+        under + ".onnx",
+        match=match,
+    )
+    cli_fails(
+        capsys,
+        "bench",
+        str(files["onnx"]),
+        *FAST_BENCH,
+        "--json",
+        under + ".json",
+        match="is not a writable directory",
+    )
+    cli_fails(
+        capsys,
+        "bench",
+        str(files["onnx"]),
+        *FAST_BENCH,
+        "--report",
+        under,
+        match="is not a writable directory",
+    )
     assert os.listdir(tmp_path) == ["file"]
 
 
 @contextlib.contextmanager
 def _tmpfs(path: Path, options: str) -> Iterator[bool]:
     path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                          capture_output=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+    )
     try:
         yield done.returncode == 0
     finally:
@@ -348,10 +624,25 @@ def test_read_only_mount(
     with _tmpfs(tmp_path / "ro", "size=64k,ro") as mounted:
         if not mounted:
             pytest.skip("cannot mount a tmpfs here (needs root)")
-        cli_fails(capsys, "convert", str(files["ckpt"]), "--format", "onnx",
-                  "-o", str(tmp_path / "ro" / "m.onnx"), match="is not writable")  # fmt: skip
-        cli_fails(capsys, "train", "--epochs", "1", "-o", str(tmp_path / "ro" / "run"),
-                  match="is not writable")  # fmt: skip
+        cli_fails(
+            capsys,
+            "convert",
+            str(files["ckpt"]),
+            "--format",
+            "onnx",
+            "-o",
+            str(tmp_path / "ro" / "m.onnx"),
+            match="is not writable",
+        )
+        cli_fails(
+            capsys,
+            "train",
+            "--epochs",
+            "1",
+            "-o",
+            str(tmp_path / "ro" / "run"),
+            match="is not writable",
+        )
 
 
 @pytest.fixture
@@ -380,12 +671,29 @@ def test_disk_full(
     files: dict[str, Path], full_disk: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     match = "No space left on device"
-    cli_fails(capsys, "convert", str(files["ckpt"]), "--format", "onnx",
-              "-o", str(full_disk / "m.onnx"), "--no-validate", match=match)  # fmt: skip
-    cli_fails(capsys, "bench", str(files["onnx"]), *FAST_BENCH, "--report",
-              str(full_disk / "report"), match=match)  # fmt: skip
-    cli_fails(capsys, "train", "--epochs", "1", "--quiet", "-o", str(full_disk / "run"),
-              match=match)  # fmt: skip
+    cli_fails(
+        capsys,
+        "convert",
+        str(files["ckpt"]),
+        "--format",
+        "onnx",
+        "-o",
+        str(full_disk / "m.onnx"),
+        "--no-validate",
+        match=match,
+    )
+    cli_fails(
+        capsys,
+        "bench",
+        str(files["onnx"]),
+        *FAST_BENCH,
+        "--report",
+        str(full_disk / "report"),
+        match=match,
+    )
+    cli_fails(
+        capsys, "train", "--epochs", "1", "--quiet", "-o", str(full_disk / "run"), match=match
+    )
     assert os.listdir(full_disk) == ["filler"]  # no partial files, no temp files
 
 
@@ -400,10 +708,21 @@ def test_interrupted_tflite_conversion(
     out_dir.mkdir()
     tmp_dir.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bnn_export", "convert", str(files["ckpt"]), "--format",
-         "tflite", "-o", str(out_dir / "m.tflite")],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp_dir)},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bnn_export",
+            "convert",
+            str(files["ckpt"]),
+            "--format",
+            "tflite",
+            "-o",
+            str(out_dir / "m.tflite"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_dir)},
+    )
     # wait until the LCE child process runs (its job dir appears), then interrupt
     deadline = time.monotonic() + 60
     while not any(tmp_dir.glob("bnn-export-lce-*/job.json")) and time.monotonic() < deadline:
@@ -413,9 +732,10 @@ def test_interrupted_tflite_conversion(
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
-        "error: interrupted; no output was written" if sig == signal.SIGINT
+        "error: interrupted; no output was written"
+        if sig == signal.SIGINT
         else "error: terminated (SIGTERM); no output was written"
-    ]  # fmt: skip
+    ]
     assert "Traceback" not in err
     assert os.listdir(out_dir) == [] and os.listdir(tmp_dir) == []
     ps = subprocess.run(["pgrep", "-f", f"lce_worker {tmp_dir}"], capture_output=True)
@@ -456,8 +776,16 @@ def test_malicious_pickle_is_refused_and_never_runs(
     assert marker.exists()  # the payload is live: unpickling it would touch the marker
     marker.unlink()
     target = str(run if name == "checkpoint.safetensors" else path)
-    cli_fails(capsys, "convert", target, "--format", "onnx", "-o", str(tmp_path / "o.onnx"),
-              match="not a valid bnn-export checkpoint")  # fmt: skip
+    cli_fails(
+        capsys,
+        "convert",
+        target,
+        "--format",
+        "onnx",
+        "-o",
+        str(tmp_path / "o.onnx"),
+        match="not a valid bnn-export checkpoint",
+    )
     cli_fails(capsys, "bench", target, *FAST_BENCH, match="error:")
     cli_fails(capsys, "inspect", str(path), match="error:")
     assert not marker.exists()
