@@ -122,5 +122,5 @@ static void avx2_gemm(const bnn_plan* p, const uint64_t* a, int64_t blk0, int64_
   }
 }
 
-const bnn_variant bnn_variant_avx2 = {"avx2", L, NB, MV, 1, avx2_supported, avx2_pack_rows,
+const bnn_variant bnn_variant_avx2 = {"avx2", L, NB, MV, 1, 1, avx2_supported, avx2_pack_rows,
                                       avx2_gemm};

@@ -124,5 +124,5 @@ static void avx512_gemm(const bnn_plan* p, const uint64_t* a, int64_t blk0, int6
   }
 }
 
-const bnn_variant bnn_variant_avx512 = {"avx512", L, NB, 3, 0, avx512_supported, avx512_pack_rows,
+const bnn_variant bnn_variant_avx512 = {"avx512", L, NB, 3, 0, 1, avx512_supported, avx512_pack_rows,
                                         avx512_gemm};

@@ -205,7 +205,8 @@ static int plan_build(bnn_plan* p, const bnn_variant* v, const bnn_conv_params* 
   p->hp = p->h + p->pt + p->pb; p->wp = p->w + p->pl + p->pr;
   p->cw32 = bnn_weight_words(p->cg);
   p->cw64 = (p->cg + 63) / 64;
-  p->k64 = p->kh * p->kw * p->cw64;
+  p->kv = v->kv > 1 ? v->kv : 1;
+  p->k64 = (p->kh * p->kw * p->cw64 + p->kv - 1) / p->kv * p->kv;
   p->ktotal = p->cg * p->kh * p->kw;
   p->npix = ho * wo;
   p->lanes = v->lanes; p->nb = v->nb;
@@ -214,16 +215,17 @@ static int plan_build(bnn_plan* p, const bnn_variant* v, const bnn_conv_params* 
   p->mult = mult; p->bias = bias;
   const int64_t ntap = p->kh * p->kw, L = p->lanes;
 
-  p->wpan = calloc((size_t)(p->group * p->ogp * p->k64), sizeof(uint64_t));
+  /* + slack: kernels may prefetch one k step past the end of a panel */
+  p->wpan = calloc((size_t)(p->group * p->ogp * p->k64) + BNN_SLACK_WORDS, sizeof(uint64_t));
   p->pix_base = malloc((size_t)(p->nblk * L) * sizeof(int64_t));
   p->tap_off = malloc((size_t)ntap * sizeof(int64_t));
   if (!p->wpan || !p->pix_base || !p->tap_off) goto nomem;
 
-  /* weight panel: [g][ob][k][nb], channel padding bits masked off */
+  /* weight panel: [g][ob][k / kv][nb][kv], channel padding bits masked off */
   for (int64_t g = 0; g < p->group; g++)
     for (int64_t ol = 0; ol < p->og; ol++) {
       const uint32_t* src = w + (g * p->og + ol) * ntap * p->cw32;
-      uint64_t* dst = p->wpan + (g * p->ogp + (ol / p->nb) * p->nb) * p->k64 + ol % p->nb;
+      uint64_t* dst = p->wpan + (g * p->ogp + (ol / p->nb) * p->nb) * p->k64 + (ol % p->nb) * p->kv;
       for (int64_t t = 0; t < ntap; t++)
         for (int64_t j = 0; j < p->cw64; j++) {
           uint64_t lo = src[t * p->cw32 + 2 * j];
@@ -231,7 +233,8 @@ static int plan_build(bnn_plan* p, const bnn_variant* v, const bnn_conv_params* 
           uint64_t word = lo | (hi << 32);
           int64_t valid = p->cg - 64 * j;
           if (valid < 64) word &= (UINT64_C(1) << valid) - 1;
-          dst[(t * p->cw64 + j) * p->nb] = word;
+          int64_t k = t * p->cw64 + j;
+          dst[(k / p->kv) * p->nb * p->kv + k % p->kv] = word;
         }
     }
 
@@ -357,10 +360,27 @@ nomem:
   return set_err(BNN_ENOMEM, "out of memory building the conv plan");
 }
 
-/* transposed im2col of blocks [blk0, blk0 + nblk) into a: [blk][k64][L] */
+/* transposed im2col of blocks [blk0, blk0 + nblk) into a: [blk][k64 / kv][L][kv] */
 static void im2col(const bnn_plan* p, const uint64_t* pin, int64_t blk0, int64_t nblk,
                    uint64_t* a) {
   const int64_t L = p->lanes, ntap = p->kh * p->kw, cw = p->cw64;
+  if (p->kv > 1) {
+    const int64_t KV = p->kv;
+    for (int64_t b = 0; b < nblk; b++) {
+      const int64_t* base = p->pix_base + (blk0 + b) * L;
+      uint64_t* blkdst = a + b * p->k64 * L;
+      for (int64_t l = 0; l < L; l++) {
+        int64_t k = 0;
+        for (int64_t t = 0; t < ntap; t++) {
+          const uint64_t* src = pin + p->tap_off[t] + base[l];
+          for (int64_t j = 0; j < cw; j++, k++)
+            blkdst[(k / KV) * L * KV + l * KV + k % KV] = src[j];
+        }
+        for (; k < p->k64; k++) blkdst[(k / KV) * L * KV + l * KV + k % KV] = 0;
+      }
+    }
+    return;
+  }
   for (int64_t b = 0; b < nblk; b++) {
     const int64_t* base = p->pix_base + (blk0 + b) * L;
     uint64_t* dst = a + b * p->k64 * L;
@@ -404,7 +424,8 @@ static void task_gemm(void* arg, size_t idx) {
   int64_t b0 = bc * r->blk_step;
   int64_t nb = b0 + r->blk_step < p->nblk ? r->blk_step : p->nblk - b0;
   if (nb <= 0) return;
-  uint64_t* a = aligned_alloc(64, (size_t)((nb * p->k64 * p->lanes * 8 + 63) / 64 * 64));
+  uint64_t* a = aligned_alloc(
+      64, (size_t)((nb * p->k64 * p->lanes * 8 + BNN_SLACK_WORDS * 8 + 63) / 64 * 64));
   if (!a) {
     __atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
     return;
@@ -560,5 +581,5 @@ static void portable_gemm(const bnn_plan* p, const uint64_t* a, int64_t blk0, in
   }
 }
 
-const bnn_variant bnn_variant_portable = {"portable", PORT_L, PORT_NB, 1, 0, supported_always,
+const bnn_variant bnn_variant_portable = {"portable", PORT_L, PORT_NB, 1, 0, 1, supported_always,
                                           portable_pack_rows, portable_gemm};

@@ -11,18 +11,26 @@
  * block NB differ):
  *   pin   packed, padded input of one (n, g): [HP][WP][CW64] uint64, bit 1 = -1,
  *         padding positions hold 0 bits (= +1).
- *   A     "transposed im2col" of a chunk of pixel blocks: [blk][K64][L] uint64 where
- *         pixel p = blk * L + lane and k = (ky * KW + kx) * CW64 + j.
- *   wpan  weight panel of one group: [OGP / NB][K64][NB] uint64 (OGP = OG padded to
- *         a multiple of NB with zero rows).
+ *   A     "transposed im2col" of a chunk of pixel blocks: [blk][K64 / KV][L][KV] uint64
+ *         where pixel p = blk * L + lane and k = (ky * KW + kx) * CW64 + j.
+ *   wpan  weight panel of one group: [OGP / NB][K64 / KV][NB][KV] uint64 (OGP = OG padded
+ *         to a multiple of NB with zero rows).
+ * KV (variant.kv, 1 or 2) is the number of consecutive k words kept together per lane:
+ * 2 lets a 128-bit NEON register hold words k, k+1 of one pixel (or of one channel's
+ * weights), so neither side needs a broadcast. K64 is then rounded up to a multiple of KV
+ * and the extra words are 0 on both sides (0 xor 0 counts nothing).
  * acc = ktotal - 2 * popcount(a xor w) - corr, where corr is only non-zero for
  * pad_value 0 at border pixels (removes the +1 contribution of padded taps).
  */
+/* Words of zero slack after the weight panel and the im2col scratch: a kernel may load
+ * one k step past the end of its operands (software-pipelined loops); never used. */
+#define BNN_SLACK_WORDS 32
+
 typedef struct bnn_plan {
   int64_t n, c, h, w, o, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, group, pad_value;
   int64_t cg, og, ho, wo, hp, wp;
-  int64_t cw32, cw64, k64, ktotal, npix;
-  int64_t lanes, nb, ogp, nblk;
+  int64_t cw32, cw64, k64, ktotal, npix; /* k64 is a multiple of kv */
+  int64_t lanes, nb, kv, ogp, nblk;
   uint64_t* wpan;         /* [group][OGP/NB][K64][NB] */
   uint64_t* wnib;         /* optional: [group][OGP/NB][K64][NB][2] = (w & 0x0f.., (w >> 4) & 0x0f..) */
   int64_t* pix_base;      /* [nblk * L]: word offset of the pixel's top-left tap in pin */
@@ -46,6 +54,7 @@ typedef struct bnn_variant {
   int nb;     /* output-channel block */
   int mv;     /* pixel blocks per register tile (chunks are a multiple of it) */
   int wnib;   /* wants p->wnib (nibble-split weight panel) */
+  int kv;     /* k words per lane group (1 or 2), see the layouts above */
   int (*supported)(void);
   /* Pack channels [0, cg) of rows [y0, y1) of one (n, g) image x (channel stride h*w)
    * into the interior of pin. */
