@@ -1,7 +1,11 @@
 /* Standalone exactness test: random shapes through every kernel variant available on
  * this CPU, compared bit-exactly against the portable variant and a naive direct
  * convolution. Built statically for aarch64 (or armhf, with bnn_neon.c compiled with
- * -mfpu=neon) it checks the NEON kernel under qemu-aarch64-static / qemu-arm-static.  Usage: test_runner [iterations] [seed]
+ * -mfpu=neon) it checks the NEON kernel under qemu-aarch64-static / qemu-arm-static.
+ * Usage: test_runner [iterations] [seed]
+ *        test_runner --cases FILE   (cases with expected outputs written by
+ *                                    tests/test_neon_qemu.py from the numpy reference;
+ *                                    every variant, 1-4 threads)
  * Prints "N passed, N failed" and exits non-zero on any mismatch. */
 #include <math.h>
 #include <stdio.h>
@@ -57,7 +61,85 @@ static void naive(const bnn_conv_params* p, int64_t ho, int64_t wo, const float*
     }
 }
 
+/* --cases FILE: "BNNC", int64 count, then per case int64 n c o h w kh kw sh sw dh dw
+ * top left bottom right group pad_value, float x[n c h w], uint32 w[o kh kw cw],
+ * float mult[o], float bias[o], float y[n o ho wo] (expected). Little-endian. */
+static int read_all(FILE* f, void* dst, size_t n) { return fread(dst, 1, n, f) == n; }
+
+static int run_cases(const char* path) {
+  FILE* f = fopen(path, "rb");
+  if (!f) {
+    printf("cannot open %s\n", path);
+    return 2;
+  }
+  char magic[4];
+  int64_t count = 0;
+  if (!read_all(f, magic, 4) || memcmp(magic, "BNNC", 4) || !read_all(f, &count, 8)) {
+    printf("%s: not a cases file\n", path);
+    return 2;
+  }
+  int passed = 0, failed = 0;
+  size_t nv = sizeof variants / sizeof variants[0];
+  for (int64_t ci = 0; ci < count; ci++) {
+    int64_t q[17];
+    if (!read_all(f, q, sizeof q)) {
+      printf("%s: truncated at case %lld\n", path, (long long)ci);
+      return 2;
+    }
+    bnn_conv_params p = {q[0], q[1], q[3], q[4], q[2], q[5], q[6], q[7], q[8], q[9], q[10],
+                         q[11], q[12], q[13], q[14], q[15], q[16]};
+    int64_t ho, wo;
+    if (bnn_conv2d_output_shape(&p, &ho, &wo) != BNN_OK) {
+      printf("case %lld: %s\n", (long long)ci, bnn_last_error());
+      return 2;
+    }
+    size_t nx = (size_t)(p.n * p.c * p.h * p.w), ny = (size_t)(p.n * p.o * ho * wo);
+    size_t nw = (size_t)(p.o * p.kh * p.kw * bnn_weight_words(p.c / p.group));
+    float* x = malloc(nx * 4);
+    uint32_t* w = malloc(nw * 4);
+    float* mult = malloc((size_t)p.o * 4);
+    float* bias = malloc((size_t)p.o * 4);
+    float* want = malloc(ny * 4);
+    float* y = malloc(ny * 4);
+    if (!read_all(f, x, nx * 4) || !read_all(f, w, nw * 4) || !read_all(f, mult, (size_t)p.o * 4) ||
+        !read_all(f, bias, (size_t)p.o * 4) || !read_all(f, want, ny * 4)) {
+      printf("%s: truncated at case %lld\n", path, (long long)ci);
+      return 2;
+    }
+    for (size_t v = 0; v < nv; v++) {
+      if (!variants[v]->supported()) continue;
+      if (bnn_set_kernel(variants[v]->name) != BNN_OK) {
+        printf("FAIL case %lld: %s\n", (long long)ci, bnn_last_error());
+        failed++;
+        continue;
+      }
+      for (int threads = 1; threads <= 4; threads++) {
+        for (size_t i = 0; i < ny; i++) y[i] = 12345.0f;
+        int rc = bnn_conv2d(&p, x, w, mult, bias, y, threads);
+        if (rc == BNN_OK && memcmp(y, want, ny * 4) == 0) {
+          passed++;
+        } else {
+          size_t bad = 0;
+          while (bad < ny && y[bad] == want[bad]) bad++;
+          printf("FAIL case %lld %s threads=%d rc=%d (%s): y[%zu]=%g want %g\n", (long long)ci,
+                 variants[v]->name, threads, rc, bnn_last_error(), bad, bad < ny ? y[bad] : 0.0,
+                 bad < ny ? want[bad] : 0.0);
+          failed++;
+        }
+      }
+    }
+    free(x); free(w); free(mult); free(bias); free(want); free(y);
+  }
+  fclose(f);
+  printf("variants:");
+  for (size_t v = 0; v < nv; v++)
+    if (variants[v]->supported()) printf(" %s", variants[v]->name);
+  printf("\ncases: %d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc > 2 && !strcmp(argv[1], "--cases")) return run_cases(argv[2]);
   int iters = argc > 1 ? atoi(argv[1]) : 200;
   rng_state = argc > 2 ? strtoull(argv[2], NULL, 10) : 88172645463325252ull;
   int passed = 0, failed = 0;
