@@ -70,6 +70,7 @@ test-arm: setup
 bench: setup
 	$(PY) -m benchmarks.bench_kernels
 	$(PY) -m benchmarks.bench_e2e
+	$(PY) -m benchmarks.bench_modeled
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

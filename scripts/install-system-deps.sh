@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the test suite and the ARM/ssh paths need: a cross compiler and
 # qemu-user for the aarch64 kernel tests, an ssh server/client for the loopback
-# device tests, and debootstrap for the aarch64 userland of `make test-arm`. Installs only what is missing; a no-op when everything is present.
+# device tests, debootstrap for the aarch64 userland of `make test-arm`, and LLVM 19's
+# llvm-mca for the modeled section of `make bench` (benchmarks/bench_modeled.py).
+# Installs only what is missing; a no-op when everything is present.
 set -euo pipefail
 need=()
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
@@ -14,6 +16,7 @@ command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 command -v ssh >/dev/null || need+=(openssh-client)
+command -v llvm-mca-19 >/dev/null || [ -x /usr/lib/llvm-19/bin/llvm-mca ] || need+=(llvm-19)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
