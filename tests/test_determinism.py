@@ -61,8 +61,18 @@ def test_conversion_is_byte_identical(
 def test_larq_same_seed_reproduces_metrics_and_checkpoint(tmp_path: Path) -> None:
     metrics = []
     for name in ("r1", "r2"):
-        done = run_cli("train", "--framework", "larq", "--epochs", "1", "--seed", "5",
-                       "--quiet", "-o", str(tmp_path / name))  # fmt: skip
+        done = run_cli(
+            "train",
+            "--framework",
+            "larq",
+            "--epochs",
+            "1",
+            "--seed",
+            "5",
+            "--quiet",
+            "-o",
+            str(tmp_path / name),
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         m = json.loads((tmp_path / name / "metrics.json").read_text())
         m.pop("train_seconds")
