@@ -94,15 +94,34 @@ def model_specs(draw: st.DrawFn) -> ModelSpec:
         pool = draw(st.sampled_from(["none", "max", "avg"])) if h >= 4 else "none"
         if pool != "none":
             h = (h - 2) // 2 + 1
-        blocks.append(BlockSpec(out, kernel, stride, dilation, same, groups,
-                                draw(st.sampled_from([0.0, 1.0])), residual, pool, binary))  # fmt: skip
+        blocks.append(
+            BlockSpec(
+                out,
+                kernel,
+                stride,
+                dilation,
+                same,
+                groups,
+                draw(st.sampled_from([0.0, 1.0])),
+                residual,
+                pool,
+                binary,
+            )
+        )
         channels = out
     return ModelSpec(
-        in_channels=in_channels, size=size, stem=stem, blocks=tuple(blocks),
-        head=draw(st.sampled_from(["gap", "blinear"])), hidden=draw(st.integers(1, 40)),
-        binarizer=draw(st.sampled_from(sorted(BINARIZERS))), seed=draw(st.integers(0, 2**16)),
-        stem_kernel=stem_kernel, stem_stride=stem_stride, stem_padding=stem_padding,
-    )  # fmt: skip
+        in_channels=in_channels,
+        size=size,
+        stem=stem,
+        blocks=tuple(blocks),
+        head=draw(st.sampled_from(["gap", "blinear"])),
+        hidden=draw(st.integers(1, 40)),
+        binarizer=draw(st.sampled_from(sorted(BINARIZERS))),
+        seed=draw(st.integers(0, 2**16)),
+        stem_kernel=stem_kernel,
+        stem_stride=stem_stride,
+        stem_padding=stem_padding,
+    )
 
 
 class Block(nn.Module):
@@ -111,16 +130,34 @@ class Block(nn.Module):
         pad = b.dilation * (b.kernel - 1) // 2 if b.same else 0
         self.conv: nn.Module
         if b.binary:
-            self.conv = BinaryConv2d(cin, b.out, b.kernel, binarizer=config, stride=b.stride,
-                                     padding=pad, dilation=b.dilation, groups=b.groups,
-                                     pad_value=b.pad_value)  # fmt: skip
+            self.conv = BinaryConv2d(
+                cin,
+                b.out,
+                b.kernel,
+                binarizer=config,
+                stride=b.stride,
+                padding=pad,
+                dilation=b.dilation,
+                groups=b.groups,
+                pad_value=b.pad_value,
+            )
         else:
-            self.conv = nn.Conv2d(cin, b.out, b.kernel, stride=b.stride, padding=pad,
-                                  dilation=b.dilation, groups=b.groups)  # fmt: skip
+            self.conv = nn.Conv2d(
+                cin,
+                b.out,
+                b.kernel,
+                stride=b.stride,
+                padding=pad,
+                dilation=b.dilation,
+                groups=b.groups,
+            )
         self.bn = nn.BatchNorm2d(b.out)
         self.residual = b.residual
-        self.pool: nn.Module = {"none": nn.Identity(), "max": nn.MaxPool2d(2),
-                                "avg": nn.AvgPool2d(2)}[b.pool]  # fmt: skip
+        self.pool: nn.Module = {
+            "none": nn.Identity(),
+            "max": nn.MaxPool2d(2),
+            "avg": nn.AvgPool2d(2),
+        }[b.pool]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(self.conv(x))
@@ -133,8 +170,13 @@ class FuzzNet(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         config = BINARIZERS[spec.binarizer]
-        self.stem = nn.Conv2d(spec.in_channels, spec.stem, spec.stem_kernel,
-                              stride=spec.stem_stride, padding=spec.stem_padding)  # fmt: skip
+        self.stem = nn.Conv2d(
+            spec.in_channels,
+            spec.stem,
+            spec.stem_kernel,
+            stride=spec.stem_stride,
+            padding=spec.stem_padding,
+        )
         self.stem_bn = nn.BatchNorm2d(spec.stem)
         blocks, channels = [], spec.stem
         h = _out(spec.size, spec.stem_kernel, spec.stem_stride, spec.stem_padding, 1)
@@ -152,9 +194,11 @@ class FuzzNet(nn.Module):
             )
         else:
             self.head = nn.Sequential(
-                nn.Flatten(), BinaryLinear(channels * h * h, spec.hidden, binarizer=config),
-                nn.BatchNorm1d(spec.hidden), nn.Linear(spec.hidden, 10),
-            )  # fmt: skip
+                nn.Flatten(),
+                BinaryLinear(channels * h * h, spec.hidden, binarizer=config),
+                nn.BatchNorm1d(spec.hidden),
+                nn.Linear(spec.hidden, 10),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem_bn(self.stem(x))))
@@ -236,7 +280,7 @@ class ExactAccumulators:
         self.graph = graph
         self.layers: dict[str, tuple[Node, nn.Module, torch.Tensor]] = {}
         for node in graph.binary_nodes():
-            layer = model.get_submodule(node.attrs["module"])
+            layer = model.get_submodule(node.label)
             export = layer.export_weights()
             bits = torch.from_numpy(export.bits.astype(np.float32))
             assert bits[0].numel() < 2**24
@@ -264,7 +308,7 @@ class ExactAccumulators:
             if not np.array_equal(got, exact):
                 bad = np.argwhere(got != exact)
                 raise AssertionError(
-                    f"{what}: layer {node.attrs['module']!r}: {len(bad)} of {got.size} "
+                    f"{what}: layer {node.label!r}: {len(bad)} of {got.size} "
                     f"accumulators differ, first at {tuple(bad[0])}: "
                     f"{got[tuple(bad[0])]} != {exact[tuple(bad[0])]}"
                 )

@@ -179,23 +179,21 @@ def count_graph(graph: Any) -> dict[str, Any]:
     float_params = 0
     for n in graph.nodes:
         a = n.attrs
-        label = a.get("module", n.name)
+        label = n.label
         if n.op in ("conv", "bconv"):
-            w = a["weight"] if n.op == "conv" else a["weights"].bits
+            w = a.weight if n.op == "conv" else a.weights.bits
             out = shapes[n.name]
             macs = int(np.prod(out[1:])) * int(np.prod(w.shape[1:]))
             layers.append({"name": label, "kind": "conv", "binary": n.op == "bconv",
                            "macs": macs, "params": int(w.size)})  # fmt: skip
         elif n.op in ("linear", "blinear"):
-            w = a["weight"] if n.op == "linear" else a["weights"].bits
+            w = a.weight if n.op == "linear" else a.weights.bits
             layers.append({"name": label, "kind": "dense", "binary": n.op == "blinear",
                            "macs": int(w.size), "params": int(w.size)})  # fmt: skip
         if n.op in ("conv", "linear"):
-            float_params += int(a["weight"].size) + (
-                0 if a.get("bias") is None else int(a["bias"].size)
-            )
+            float_params += int(a.weight.size) + (0 if a.bias is None else int(a.bias.size))
         elif n.op in ("bconv", "blinear"):
-            float_params += int(a["weights"].scale.size)
+            float_params += int(a.weights.scale.size)
         elif n.op == "bn":
-            float_params += 4 * int(a["gamma"].size)
+            float_params += 4 * int(a.gamma.size)
     return _totals(layers, float_params)
