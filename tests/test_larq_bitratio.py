@@ -185,7 +185,7 @@ def test_unfixed_larq_file_records_its_bit_ratios(run: Path, tmp_path: Path) -> 
     "args, layer",
     [
         (("--bit-ratio", "0.001"), "conv1"),  # round(0.001 * 288) = 0 per channel
-        (("--bit-ratio", "0.999", "--ot-granularity", "layer"), "conv1"),
+        (("--bit-ratio", "0.99999", "--ot-granularity", "layer"), "conv1"),  # 18432 per layer
     ],
 )
 def test_unmeetable_ratio_is_refused_naming_the_layer(
