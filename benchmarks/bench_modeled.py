@@ -220,7 +220,7 @@ _POPCOUNT = (
 _VECTOR = re.compile(r"%[yzx]mm|\bv\d+\.\d*[bhsd]\b|\bq\d+\b|\bd\d+\b|\bv\d+\b")
 _MEMONLY = re.compile(
     r"^\s*(ld[1-4]r?|ldn?p|ldr|ldur|st[1-4]|stn?p|str|stur|vld\d|vst\d|vldr|vstr|"
-    r"vmovdq[au]\d*|vmovup[sd]|vmovap[sd]|vpbroadcast[bwdq]|vbroadcasts[sd])\b"
+    r"vmovdq[au]\d*|vmovup[sd]|vmovap[sd]|vpbroadcast[bwdq]|vbroadcasts[sd]|vbroadcasti128|vbroadcasti32x4|vbroadcasti64x4)\b"
 )
 
 

@@ -206,6 +206,7 @@ static int plan_build(bnn_plan* p, const bnn_variant* v, const bnn_conv_params* 
   p->cw32 = bnn_weight_words(p->cg);
   p->cw64 = (p->cg + 63) / 64;
   p->kv = v->kv > 1 ? v->kv : 1;
+  p->anib = v->wnib ? 1 : 0;
   p->k64 = (p->kh * p->kw * p->cw64 + p->kv - 1) / p->kv * p->kv;
   p->ktotal = p->cg * p->kh * p->kw;
   p->npix = ho * wo;
@@ -239,13 +240,18 @@ static int plan_build(bnn_plan* p, const bnn_variant* v, const bnn_conv_params* 
     }
 
   if (v->wnib) {
+    /* [g][ob][k][nb][4] = (lo, hi, lo, hi): one 256-bit memory operand per (k, channel)
+     * lines up with a nibble-split A vector of 2 pixels */
     size_t nw = (size_t)(p->group * p->ogp * p->k64);
-    p->wnib = malloc(nw * 2 * sizeof(uint64_t));
+    p->wnib = aligned_alloc(64, (nw * 4 * sizeof(uint64_t) + 63) / 64 * 64);
     if (!p->wnib) goto nomem;
     const uint64_t m4 = UINT64_C(0x0f0f0f0f0f0f0f0f);
     for (size_t i = 0; i < nw; i++) {
-      p->wnib[2 * i] = p->wpan[i] & m4;
-      p->wnib[2 * i + 1] = (p->wpan[i] >> 4) & m4;
+      uint64_t lo = p->wpan[i] & m4, hi = (p->wpan[i] >> 4) & m4;
+      p->wnib[4 * i] = lo;
+      p->wnib[4 * i + 1] = hi;
+      p->wnib[4 * i + 2] = lo;
+      p->wnib[4 * i + 3] = hi;
     }
   }
 
@@ -381,6 +387,23 @@ static void im2col(const bnn_plan* p, const uint64_t* pin, int64_t blk0, int64_t
     }
     return;
   }
+  if (p->anib) {
+    const uint64_t m4 = UINT64_C(0x0f0f0f0f0f0f0f0f);
+    for (int64_t b = 0; b < nblk; b++) {
+      const int64_t* base = p->pix_base + (blk0 + b) * L;
+      uint64_t* dst = a + b * p->k64 * L * 2;
+      for (int64_t t = 0; t < ntap; t++) {
+        const uint64_t* src = pin + p->tap_off[t];
+        for (int64_t j = 0; j < cw; j++, dst += 2 * L)
+          for (int64_t l = 0; l < L; l++) {
+            uint64_t w = src[base[l] + j];
+            dst[2 * l] = w & m4;
+            dst[2 * l + 1] = (w >> 4) & m4;
+          }
+      }
+    }
+    return;
+  }
   for (int64_t b = 0; b < nblk; b++) {
     const int64_t* base = p->pix_base + (blk0 + b) * L;
     uint64_t* dst = a + b * p->k64 * L;
@@ -425,7 +448,8 @@ static void task_gemm(void* arg, size_t idx) {
   int64_t nb = b0 + r->blk_step < p->nblk ? r->blk_step : p->nblk - b0;
   if (nb <= 0) return;
   uint64_t* a = aligned_alloc(
-      64, (size_t)((nb * p->k64 * p->lanes * 8 + BNN_SLACK_WORDS * 8 + 63) / 64 * 64));
+      64, (size_t)((nb * p->k64 * p->lanes * 8 * (1 + p->anib) + BNN_SLACK_WORDS * 8 + 63) / 64 *
+                   64));
   if (!a) {
     __atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
     return;

@@ -30,9 +30,10 @@ typedef struct bnn_plan {
   int64_t n, c, h, w, o, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, group, pad_value;
   int64_t cg, og, ho, wo, hp, wp;
   int64_t cw32, cw64, k64, ktotal, npix; /* k64 is a multiple of kv */
-  int64_t lanes, nb, kv, ogp, nblk;
+  int64_t lanes, nb, kv, anib, ogp, nblk; /* anib: A words nibble-split (variant.wnib) */
   uint64_t* wpan;         /* [group][OGP/NB][K64][NB] */
-  uint64_t* wnib;         /* optional: [group][OGP/NB][K64][NB][2] = (w & 0x0f.., (w >> 4) & 0x0f..) */
+  uint64_t* wnib;         /* optional: [group][OGP/NB][K64][NB][4] = (lo, hi, lo, hi) with
+                           * lo = w & 0x0f.., hi = (w >> 4) & 0x0f.. */
   int64_t* pix_base;      /* [nblk * L]: word offset of the pixel's top-left tap in pin */
   int64_t* tap_off;       /* [KH*KW]: word offset of each tap relative to pix_base */
   /* pad_value 0 correction */
@@ -53,7 +54,9 @@ typedef struct bnn_variant {
   int lanes;  /* L */
   int nb;     /* output-channel block */
   int mv;     /* pixel blocks per register tile (chunks are a multiple of it) */
-  int wnib;   /* wants p->wnib (nibble-split weight panel) */
+  int wnib;   /* wants p->wnib (nibble-split weight panel) and a nibble-split A:
+               * every A word w becomes two, (w & 0x0f.., (w >> 4) & 0x0f..), so A is
+               * [blk][K64][L][2] (kv must be 1) */
   int kv;     /* k words per lane group (1 or 2), see the layouts above */
   int (*supported)(void);
   /* Pack channels [0, cg) of rows [y0, y1) of one (n, g) image x (channel stride h*w)
