@@ -41,6 +41,9 @@ static void avx2_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, int
         __m256i w0 = _mm256_setzero_si256(), w1 = _mm256_setzero_si256();
         const float* src = src0 + x0;
         for (int64_t c = 0; c < nc; c++, src += hw) {
+          /* 64 channel planes are read in parallel, too many streams for the hardware
+           * prefetchers: fetch the same pixels of this channel's next row */
+          if ((x0 & 15) == 0) _mm_prefetch((const char*)(src + W), _MM_HINT_T0);
           /* !(v >= 0): all-ones for negatives and NaN, widened to 64-bit lanes */
           __m256 v = nx == 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, lm);
           __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_NGE_UQ));

@@ -35,6 +35,9 @@ static void avx512_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, i
         __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
         const float* src = src0 + x0;
         for (int64_t c = 0; c < nc; c++, src += hw) {
+          /* 64 channel planes read in parallel are too many streams for the hardware
+           * prefetchers: fetch the same pixels of this channel's next row */
+          _mm_prefetch((const char*)(src + W), _MM_HINT_T0);
           __m512 v = _mm512_maskz_loadu_ps(lm, src);
           /* !(v >= 0): true for negatives and NaN */
           __mmask16 m = _mm512_mask_cmp_ps_mask(lm, v, zero, _CMP_NGE_UQ);

@@ -62,6 +62,8 @@ static void neon_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, int
         uint64x2_t w01 = vdupq_n_u64(0), w23 = vdupq_n_u64(0);
         const float* src = src0 + x0;
         for (int64_t c = 0; c < nc; c++, src += hw) {
+          /* 64 channel planes read in parallel: fetch this channel's next row */
+          if ((x0 & 15) == 0) __builtin_prefetch(src + W);
           /* vcgeq is false for NaN, so ~(v >= 0) marks negatives and NaN */
           uint32x4_t ge = vcgeq_f32(vld1q_f32(src), zero);
           uint32x4_t neg = vmvnq_u32(ge); /* all-ones where bit = 1 */
