@@ -10,7 +10,14 @@ Stack: four chained 3x3 binary convs, 28x28x256 -> 256, pad 1.
 Also: the native kernel called directly (ctypes) and the fixed per-op overhead of the
 onnxruntime custom-op route (a 1x1 op on a 1x32x1x1 tensor).
 
-Run: python benchmarks/bench_kernels.py [--runs N] [--threads T]
+Also every kernel variant this CPU has, called directly (`direct <variant>`): on an AVX-512
+machine that includes `direct avx2`, the variant an AVX2-only CPU (AMD Zen 3, Intel client
+CPUs) runs. For OpenVINO's AVX2 code path as well, run with ONEDNN_MAX_CPU_ISA=AVX2 (its
+CPU plugin honours it; onnxruntime's float kernels do not). On a busy machine add
+--cpu-time: per-run process CPU time instead of wall time (1 thread: all engines compute
+in-process), which leaves out the time the process waits for a core.
+
+Run: python benchmarks/bench_kernels.py [--runs N] [--threads T] [--cpu-time]
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ def median_ms(fn: Callable[[], object], runs: int, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
+#: clock for interleaved_median_ms (main() switches it to process CPU time on --cpu-time)
+CLOCK: Callable[[], float] = time.perf_counter
+
+
 def interleaved_median_ms(
     fns: dict[str, Callable[[], object]], runs: int, warmup: int = 5
 ) -> dict[str, float]:
@@ -56,9 +67,9 @@ def interleaved_median_ms(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            times[name].append((CLOCK() - t0) * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -281,8 +292,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time each run by process CPU time (busy machines; meaningful at 1 thread)",
+    )
     args = ap.parse_args()
     runs, threads = args.runs, args.threads
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
     rng = np.random.default_rng(0)
     weights = [rng.choice(np.array([-1, 1], np.int8), size=(C, C, 3, 3)) for _ in range(LAYERS)]
     x = rng.standard_normal((1, C, HW, HW)).astype(np.float32)
@@ -290,6 +309,7 @@ def main() -> None:
     print(
         f"stack: {LAYERS} x conv3x3 {HW}x{HW}x{C}->{C}, pad 1, {macs / 1e9:.2f} G binary MACs,"
         f" threads={threads}, median of {runs} runs"
+        f"{' (process CPU time)' if args.cpu_time else ''}"
     )
     print(
         f"native kernel variant: {native.kernel_name()} (available: "
@@ -300,6 +320,15 @@ def main() -> None:
     ours0 = onnx_session(ours_model(weights, pad_value=0, bias=0.0), num_threads=threads)
     packed = [onnx_ops.pack_conv_weights(w) for w in weights]
     ones, zeros = np.ones(C, np.float32), np.zeros(C, np.float32)
+
+    default_kernel = native.kernel_name()
+
+    def direct_with(variant: str) -> Callable[[], None]:
+        def run() -> None:
+            native.set_kernel(variant)
+            direct()
+
+        return run
 
     def direct() -> None:
         h = x
@@ -316,12 +345,23 @@ def main() -> None:
             )
 
     fsess = ort_float_session(float_model(weights), threads)
+
+    def with_default(fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            native.set_kernel(default_kernel)
+            return fn()
+
+        return run
+
     engines: dict[str, Callable[[], object]] = {
-        "ours": lambda: ours.run(None, {"x0": x}),
-        "ours0": lambda: ours0.run(None, {"x0": x}),
-        "direct": direct,
+        "ours": with_default(lambda: ours.run(None, {"x0": x})),
+        "ours0": with_default(lambda: ours0.run(None, {"x0": x})),
+        "direct": with_default(direct),
         "float": lambda: fsess.run(None, {"x0": x}),
     }
+    variants = [v for v in native.available_kernels() if v != "portable"]
+    for v in variants:
+        engines[f"direct {v}"] = direct_with(v)
     ov_types: list[str] = []
     try:
         import openvino  # noqa: F401
@@ -337,6 +377,9 @@ def main() -> None:
     print(f"(a) ours, BinaryConv2d in onnxruntime (pad_value 1): {t_ours:8.3f} ms")
     print(f"    ours, pad_value 0:                              {t['ours0']:8.3f} ms")
     print(f"    ours, native kernel via ctypes (no onnxruntime): {t['direct']:8.3f} ms")
+    for v in variants:
+        print(f"    ours, native kernel, variant {v:<8}             {t['direct ' + v]:8.3f} ms")
+    native.set_kernel(default_kernel)
     if t_ov is not None:
         print(
             f"(b) OpenVINO FakeQuantize+Conv:                     {t_ov:8.3f} ms  "
@@ -414,6 +457,10 @@ def main() -> None:
     if t_ov is not None:
         print(f"  ours/OpenVINO time = {t_ours / t_ov:.3f}  -> {t_ov / t_ours:.2f}x faster")
     print(f"  ours/float time    = {t_ours / t_float:.3f}  -> {t_float / t_ours:.2f}x faster")
+    for v in variants:
+        tv = t["direct " + v]
+        vs_ov = f"{t_ov / tv:.2f}x OpenVINO, " if t_ov is not None else ""
+        print(f"  native {v:<8} = {vs_ov}{t_float / tv:.2f}x float")
     if t_lce is not None:
         print(f"  ours/LCE time      = {t_ours / t_lce:.3f}  -> {t_lce / t_ours:.2f}x faster")
 
