@@ -13,7 +13,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 
 ARM_ROOTFS ?= .cache/arm-rootfs
 
-.PHONY: setup system-deps demo test test-avx2 test-arm lint typecheck pytest bench clean
+.PHONY: setup system-deps demo test test-avx2 test-arm lint typecheck pytest bench arm-bench clean
 
 setup: system-deps $(STAMP)
 
@@ -71,6 +71,26 @@ bench: setup
 	$(PY) -m benchmarks.bench_kernels
 	$(PY) -m benchmarks.bench_e2e
 	$(PY) -m benchmarks.bench_modeled
+
+# Static layer-level benchmark binaries for any ARM board (no Python, no onnxruntime):
+# build/arm-bench/bnn_bench-aarch64 and bnn_bench-armhf from runtime/bench_main.c with the
+# library's flags (-O3, bnn_neon.c with -mfpu=neon on armhf). Usage: docs/kernels.md.
+ARM_BENCH_DIR := build/arm-bench
+ARM_BENCH_CFLAGS := -std=c11 -O3 -ffp-contract=off -pthread -static -Iruntime
+ARM_BENCH_SRC := runtime/bench_main.c runtime/bnn_core.c runtime/bnn_neon.c runtime/bnn.h runtime/bnn_internal.h
+
+arm-bench: $(ARM_BENCH_DIR)/bnn_bench-aarch64 $(ARM_BENCH_DIR)/bnn_bench-armhf
+
+$(ARM_BENCH_DIR)/bnn_bench-aarch64: $(ARM_BENCH_SRC)
+	@command -v aarch64-linux-gnu-gcc >/dev/null || { echo "aarch64-linux-gnu-gcc missing: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross (or make system-deps)"; exit 1; }
+	mkdir -p $(ARM_BENCH_DIR)
+	aarch64-linux-gnu-gcc $(ARM_BENCH_CFLAGS) runtime/bench_main.c runtime/bnn_core.c runtime/bnn_neon.c -o $@ -lm
+
+$(ARM_BENCH_DIR)/bnn_bench-armhf: $(ARM_BENCH_SRC)
+	@command -v arm-linux-gnueabihf-gcc >/dev/null || { echo "arm-linux-gnueabihf-gcc missing: apt-get install gcc-arm-linux-gnueabihf libc6-dev-armhf-cross (or make system-deps)"; exit 1; }
+	mkdir -p $(ARM_BENCH_DIR)
+	arm-linux-gnueabihf-gcc $(ARM_BENCH_CFLAGS) -mfpu=neon -c runtime/bnn_neon.c -o $(ARM_BENCH_DIR)/bnn_neon-armhf.o
+	arm-linux-gnueabihf-gcc $(ARM_BENCH_CFLAGS) runtime/bench_main.c runtime/bnn_core.c $(ARM_BENCH_DIR)/bnn_neon-armhf.o -o $@ -lm
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
