@@ -103,12 +103,12 @@ static inline void store_pair(const bnn_plan* p, __m256i pc, int64_t blk, int mv
 }
 
 static void avx2_gemm(const bnn_plan* p, const uint64_t* a, int64_t blk0, int64_t nblk,
-                      int64_t g, float* y) {
+                      int64_t g, int64_t ob0, int64_t ob1, float* y) {
   const int64_t K = p->k64;
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
                                        2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  for (int64_t ob = 0; ob < p->ogp / NB; ob++) {
+  for (int64_t ob = ob0; ob < ob1; ob++) {
     const uint64_t* wn = p->wnib + 4 * (g * p->ogp + ob * NB) * K;
     for (int64_t b = 0; b < nblk; b += MV) {
       const int mv = nblk - b >= MV ? MV : 1;

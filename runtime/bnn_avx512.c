@@ -114,9 +114,9 @@ DEFINE_TILE(2)
 DEFINE_TILE(1)
 
 static void avx512_gemm(const bnn_plan* p, const uint64_t* a, int64_t blk0, int64_t nblk,
-                        int64_t g, float* y) {
+                        int64_t g, int64_t ob0, int64_t ob1, float* y) {
   const int64_t K = p->k64;
-  for (int64_t ob = 0; ob < p->ogp / NB; ob++) {
+  for (int64_t ob = ob0; ob < ob1; ob++) {
     const uint64_t* wp = p->wpan + (g * p->ogp + ob * NB) * K;
     int64_t b = 0;
     for (; b + 3 <= nblk; b += 3) tile_3(p, a + b * K * L, wp, blk0 + b, g, ob * NB, y);

@@ -424,7 +424,11 @@ typedef struct {
   uint64_t* pin;       /* [n][group][hp][wp][cw64] */
   int64_t pin_stride;  /* words per (n, g) */
   int64_t row_chunks, row_step;
-  int64_t blk_chunks, blk_step;
+  /* gemm tasks: per image blk_chunks pixel chunks x ob_chunks output-channel ranges;
+   * chunk i covers units [i * nunits / blk_chunks, (i + 1) * nunits / blk_chunks) of mv
+   * blocks, range j output-channel blocks [j * nob / ob_chunks, (j + 1) * nob / ob_chunks) */
+  int64_t blk_chunks, nunits, mv;
+  int64_t ob_chunks, nob;
   int failed;
 } run_ctx;
 
@@ -442,11 +446,16 @@ static void task_pack(void* arg, size_t idx) {
 static void task_gemm(void* arg, size_t idx) {
   run_ctx* r = arg;
   const bnn_plan* p = r->p;
-  int64_t img = (int64_t)idx / r->blk_chunks, bc = (int64_t)idx % r->blk_chunks;
+  const int64_t per_img = r->blk_chunks * r->ob_chunks;
+  int64_t img = (int64_t)idx / per_img, rem = (int64_t)idx % per_img;
+  int64_t bc = rem / r->ob_chunks, oc = rem % r->ob_chunks;
   int64_t n = img / p->group, g = img % p->group;
-  int64_t b0 = bc * r->blk_step;
-  int64_t nb = b0 + r->blk_step < p->nblk ? r->blk_step : p->nblk - b0;
-  if (nb <= 0) return;
+  int64_t b0 = bc * r->nunits / r->blk_chunks * r->mv;
+  int64_t b1 = (bc + 1) * r->nunits / r->blk_chunks * r->mv;
+  if (b1 > p->nblk) b1 = p->nblk;
+  int64_t nb = b1 - b0;
+  int64_t ob0 = oc * r->nob / r->ob_chunks, ob1 = (oc + 1) * r->nob / r->ob_chunks;
+  if (nb <= 0 || ob1 <= ob0) return;
   uint64_t* a = aligned_alloc(
       64, (size_t)((nb * p->k64 * p->lanes * 8 * (1 + p->anib) + BNN_SLACK_WORDS * 8 + 63) / 64 *
                    64));
@@ -455,7 +464,7 @@ static void task_gemm(void* arg, size_t idx) {
     return;
   }
   im2col(p, r->pin + img * r->pin_stride, b0, nb, a);
-  r->v->gemm(p, a, b0, nb, g, r->y + n * p->o * p->npix);
+  r->v->gemm(p, a, b0, nb, g, ob0, ob1, r->y + n * p->o * p->npix);
   free(a);
 }
 
@@ -515,11 +524,29 @@ static int run(const bnn_variant* v, const bnn_conv_params* cp, const float* x,
   if (r.row_chunks > p.h) r.row_chunks = p.h;
   r.row_step = (p.h + r.row_chunks - 1) / r.row_chunks;
   pf(pf_ctx, task_pack, &r, (size_t)(images * r.row_chunks));
-  /* phase 2: im2col + gemm in chunks of ~64 pixels (L1-resident) */
-  int64_t step = (64 + p.lanes * v->mv - 1) / (p.lanes * v->mv) * v->mv;
-  r.blk_step = step;
-  r.blk_chunks = (p.nblk + step - 1) / step;
-  pf(pf_ctx, task_gemm, &r, (size_t)(images * r.blk_chunks));
+  /* phase 2: im2col + gemm in chunks of <= ~64 pixels (L1-resident). With several tasks
+   * (threads), the chunk count is rounded up to a multiple of max_tasks and the chunks are
+   * equal to within one tile, so that every thread gets the same work (a 4-core ARM
+   * cluster: 784 pixels were 12 full chunks + 1 quarter one); layers with fewer pixel
+   * chunks than tasks (7x7, 4x4 maps) are split over output-channel blocks as well. */
+  r.mv = v->mv;
+  r.nunits = (p.nblk + r.mv - 1) / r.mv;
+  const int64_t unit_step = (64 + p.lanes * r.mv - 1) / (p.lanes * r.mv);
+  r.blk_chunks = (r.nunits + unit_step - 1) / unit_step;
+  r.nob = p.ogp / p.nb;
+  r.ob_chunks = 1;
+  if (max_tasks > 1) {
+    int64_t total = images * r.blk_chunks;
+    int64_t want = (total + max_tasks - 1) / max_tasks * max_tasks;
+    int64_t per_img = (want + images - 1) / images;
+    r.blk_chunks = per_img < r.nunits ? per_img : r.nunits;
+    total = images * r.blk_chunks;
+    if (total < max_tasks) {
+      int64_t split = (max_tasks + total - 1) / total;
+      r.ob_chunks = split < r.nob ? split : r.nob;
+    }
+  }
+  pf(pf_ctx, task_gemm, &r, (size_t)(images * r.blk_chunks * r.ob_chunks));
   free(r.pin);
   plan_free(&p);
   if (r.failed) return set_err(BNN_ENOMEM, "out of memory for im2col scratch");
@@ -578,9 +605,9 @@ static void portable_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin,
 }
 
 static void portable_gemm(const bnn_plan* p, const uint64_t* a, int64_t blk0, int64_t nblk,
-                          int64_t g, float* y) {
+                          int64_t g, int64_t ob0, int64_t ob1, float* y) {
   const int64_t K = p->k64;
-  for (int64_t ob = 0; ob < p->ogp / PORT_NB; ob++) {
+  for (int64_t ob = ob0; ob < ob1; ob++) {
     const uint64_t* wp = p->wpan + (g * p->ogp + ob * PORT_NB) * K;
     for (int64_t b = 0; b < nblk; b++) {
       const uint64_t* ab = a + b * K * PORT_L;

@@ -62,10 +62,11 @@ typedef struct bnn_variant {
   /* Pack channels [0, cg) of rows [y0, y1) of one (n, g) image x (channel stride h*w)
    * into the interior of pin. */
   void (*pack_rows)(const bnn_plan* p, const float* x, uint64_t* pin, int64_t y0, int64_t y1);
-  /* Compute output for pixel blocks [blk0, blk0 + nblk) of group g; a holds their
-   * transposed im2col. y points at y[n] (NCHW). corr_g is corr + g*ncls*OGP or NULL. */
+  /* Compute output for pixel blocks [blk0, blk0 + nblk) and output-channel blocks
+   * [ob0, ob1) (of NB channels each) of group g; a holds the pixel blocks' transposed
+   * im2col. y points at y[n] (NCHW). */
   void (*gemm)(const bnn_plan* p, const uint64_t* a, int64_t blk0, int64_t nblk, int64_t g,
-               float* y);
+               int64_t ob0, int64_t ob1, float* y);
 } bnn_variant;
 
 /* Scalar epilogue helper shared by variants: writes one output value. */

@@ -247,9 +247,9 @@ static inline void store4(const bnn_plan* p, uint32x4_t pc, int64_t blk, int64_t
 }
 
 static void neon_gemm(const bnn_plan* p, const uint64_t* a, int64_t blk0, int64_t nblk,
-                      int64_t g, float* y) {
+                      int64_t g, int64_t ob0, int64_t ob1, float* y) {
   const int64_t K2 = p->k64 / KV;
-  for (int64_t ob = 0; ob < p->ogp / NB; ob++) {
+  for (int64_t ob = ob0; ob < ob1; ob++) {
     const uint64_t* wp = p->wpan + (g * p->ogp + ob * NB) * p->k64;
     for (int64_t b = 0; b < nblk; b++) {
       const uint64_t* ab = a + b * p->k64 * L;
