@@ -41,6 +41,7 @@ def decayed_variables(model: keras.Model) -> list[tf.Variable]:
     for layer in binary_layers(model):
         if layer.kernel_quantizer.no_weight_decay:
             excluded.add(id(layer.kernel.latent_variable))
+        excluded.update(id(v) for v in layer.kernel_quantizer.no_weight_decay_parameters())
     return [
         v for v in model.trainable_variables if id(getattr(v, "latent_variable", v)) not in excluded
     ]

@@ -80,6 +80,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     for _, layer in binary_layers(model):
         if layer.weight_quantizer.no_weight_decay:
             no_wd.add(id(layer.weight))
+        no_wd.update(id(p) for p in layer.weight_quantizer.no_weight_decay_parameters())
     params = list(model.parameters())
     return [
         {"params": [p for p in params if id(p) not in no_wd], "weight_decay": weight_decay},

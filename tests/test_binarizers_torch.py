@@ -54,7 +54,7 @@ def test_irnet_standardizes_and_uses_power_of_two_scale() -> None:
     assert ex.bits[0, :4].tolist() == [-1, -1, 1, 1] and (ex.bits[0, 4:] == 1).all()
     assert ex.bits[1, 7] == 1 and (np.delete(ex.bits[1], 7) == -1).all()
     # channel 0: mean|w_hat| = 4 * 1.342 / 64 * sqrt(64/5)... -> 2^round(log2(.)) computed by hand:
-    w_hat0 = (w[0] - w[0].mean()) / w[0].std(correction=0)
+    w_hat0 = (w[0] - w[0].mean()) / w[0].std(correction=1)  # unbiased, as the official code
     assert ex.scale[0] == 2.0 ** round(math.log2(float(w_hat0.abs().mean())))
     assert ex.scale[1] == 0.25
 
@@ -85,10 +85,10 @@ def test_siman_top_half_of_magnitudes_and_alpha() -> None:
     # identity STE on X = |w_hat|: d out / d w = alpha * d X / d w
     out.sum().backward()
     w2 = w.detach().clone().requires_grad_(True)
-    (bz.standardize_per_channel(w2).abs().sum() * 2.125).backward()
+    (bz.standardize_per_channel(w2, unbiased=True, eps=1e-5).abs().sum() * 2.125).backward()
     assert w.grad is not None and w2.grad is not None
     torch.testing.assert_close(w.grad, w2.grad)
-    assert q.no_weight_decay
+    assert q.no_weight_decay and q.no_weight_decay_parameters() == [q.alpha]
 
 
 def test_siman_01_code_trains_but_refuses_export() -> None:

@@ -198,3 +198,36 @@ def test_unknown_larq_binarizer_is_a_clear_error() -> None:
 
     with pytest.raises(BnnExportError, match="no Larq implementation"):
         lz.weight_quantizer(BinarizerConfig("xnor", {}))
+
+
+@pytest.mark.parametrize("epoch", [0, 5, 9])
+def test_siman_clipping_updates_the_latent_weights_alike(epoch: int) -> None:
+    """SiMaN's training forward writes the clipped weights back in both frameworks (the
+    PyTorch parameter in place, the Larq latent variable by assignment); inference writes
+    nothing."""
+    tl, km, x_np = _pair("siman", "conv", CONV_CASES[1], seed=11)
+    layer = km.get_layer("layer")
+    layer.kernel_quantizer.bind_latent(layer.kernel.latent_variable)  # build_larq_model does it
+    torch_set_schedule(tl, epoch, 10)
+    set_schedule(km, epoch, 10)
+    with torch.no_grad():  # latent weights far from clipped: a fresh draw
+        tl.weight.copy_(torch.randn_like(tl.weight) * 0.1 + 0.01)
+    layer.kernel.latent_variable.assign(lz.from_torch_layout(tl.weight.detach().numpy()))
+    before = tl.weight.detach().clone()
+    tl.eval()
+    km(tf.constant(_nhwc(x_np)), training=False)
+    with torch.no_grad():
+        tl(torch.from_numpy(x_np))
+    assert torch.equal(tl.weight.detach(), before)
+    np.testing.assert_array_equal(
+        lz.to_torch_layout(layer.kernel.latent_variable.numpy()), before.numpy()
+    )
+    tl.train()
+    tl(torch.from_numpy(x_np))
+    km(tf.constant(_nhwc(x_np)), training=True)
+    after = tl.weight.detach().numpy()
+    assert np.abs(after - before.numpy()).max() > 1e-3  # centred and clamped
+    np.testing.assert_allclose(
+        lz.to_torch_layout(layer.kernel.latent_variable.numpy()), after, atol=1e-6
+    )
+    np.testing.assert_array_equal(export_layer(layer).bits, tl.export_weights().bits)

@@ -6,7 +6,8 @@ Mirrors ``torch_impl``: each binarizer name maps to a weight quantizer (a larq
 (``call(x)`` gives +-1, ``export()`` says how inference binarizes). Kernels are Keras
 layout, (kh, kw, I, O) for convs and (I, O) for dense layers; per-output-channel
 statistics reduce over every axis but the last. Layers, the trainer and the model
-builders use only this interface (``set_schedule``, ``no_weight_decay``), never names.
+builders use only this interface (``set_schedule``, ``no_weight_decay``,
+``no_weight_decay_parameters``, ``bind_latent``), never names.
 
 Every class is registered as a Keras custom object (and under a ``bnn_export>`` alias)
 so models serialize with ``get_config``.
@@ -23,7 +24,7 @@ import tensorflow as tf
 from larq import quantizers as lq_quantizers
 from larq import utils as lq_utils
 
-from bnn_export.binarizers import BinarizerConfig, ede_schedule
+from bnn_export.binarizers import BinarizerConfig, ede_schedule, siman_percent
 from bnn_export.binarizers import get as get_binarizer
 from bnn_export.binarizers import larq_math as lm
 from bnn_export.binarizers.exports import ActivationExport, WeightExport
@@ -99,6 +100,15 @@ class WeightQuantizer(_ConfiguredQuantizer):
     precision = 1
     #: The trainer applies no weight decay to kernels quantized by this (SiMaN's rule).
     no_weight_decay: bool = False
+
+    def no_weight_decay_parameters(self) -> list[tf.Variable]:
+        """The quantizer's own variables the trainer keeps out of weight decay (SiMaN's
+        alpha); the latent kernel itself is governed by ``no_weight_decay``."""
+        return []
+
+    def bind_latent(self, variable: tf.Variable) -> None:
+        """Told the layer's latent kernel variable when the model is built, for a
+        quantizer whose training forward updates it (SiMaN's clipping)."""
 
     def export(self, kernel: Any) -> WeightExport:
         raise NotImplementedError
@@ -237,7 +247,8 @@ class _EdeMixin:
 
 @register
 class IrNetWeight(_EdeMixin, WeightQuantizer):
-    """IR-Net Libra-PB: w_hat = (w - mean_o)/std_o; b = sign(w_hat) * s_o with
+    """IR-Net Libra-PB: w_hat = (w - mean_o)/std_o (std over n - 1, as the official
+    code); b = sign(w_hat) * s_o with
     s_o = 2^round(log2(mean_o |w_hat|)) (no gradient). Backward: EDE
     k*t*(1 - tanh(t*w_hat)^2). Qin et al., CVPR 2020."""
 
@@ -255,15 +266,15 @@ class IrNetWeight(_EdeMixin, WeightQuantizer):
         return tf.pow(2.0, tf.round(tf.math.log(mean_abs) / math.log(2.0)))
 
     def call(self, kernel: tf.Tensor) -> tf.Tensor:
-        w_hat = lm.standardize_per_channel(kernel)
+        w_hat = lm.standardize_per_channel(kernel, unbiased=True)
         return self.ede_sign(w_hat) * self.scale(w_hat)
 
     def export(self, kernel: Any) -> WeightExport:
-        w_hat = lm.standardize_per_channel(tf.constant(_np(kernel)))
+        w_hat = lm.standardize_per_channel(tf.constant(_np(kernel)), unbiased=True)
         return self._bits_export(lm.sign(w_hat), self.scale(w_hat))
 
     def _score(self, kernel: tf.Tensor) -> tf.Tensor:
-        return lm.standardize_per_channel(kernel)
+        return lm.standardize_per_channel(kernel, unbiased=True)
 
 
 @register
@@ -286,14 +297,27 @@ class EdeSignActivation(_EdeMixin, ActivationQuantizer):
 
 @register
 class SimanWeight(WeightQuantizer):
-    """SiMaN: X = |(w - mean_o)/std_o|; the floor(n/2) largest X of each output channel
-    get B = 1 (ties: earlier PyTorch position gets 0), the rest B = 0. Effective weight
-    alpha_o * (2B - 1) (code ``pm1``) or alpha_o * B (``01``), identity STE on X:
-    (X - stop(X) + code) * alpha. alpha_o is learnable; ``init_from_kernel`` sets it to
-    mean_o |w| when the model is built (PyTorch does this lazily on the first forward).
-    No weight decay on the latent kernel. Lin et al., TPAMI 2022."""
+    """SiMaN, as ``torch_impl.SimanWeight`` (Lin et al., TPAMI 2022).
+
+    Clipping: with p = ``clip_percent`` (a non-trainable variable stepped by
+    ``set_schedule``, PyTorch name ``clip_percent``) > 0, the latent kernel is centred
+    per output channel and its magnitudes clamped to the layer's [p, 100 - p]
+    percentiles (``larq_math.siman_clip``). A training forward assigns that to the
+    latent kernel variable (told by ``bind_latent`` when the model is built, as the
+    official code overwrites its weights), so the optimizer steps from the clipped
+    kernel; inference, ``export`` and ``_score`` clip a copy. The forward uses the
+    clipped value with the identity gradient to the kernel. p = 0 switches it off.
+
+    Bits: X = |(w_c - mean_o)/sqrt(var_o + 1e-5)| (variance over n - 1) of the clipped
+    kernel; the floor(n/2) largest X of each output channel get B = 1 (ties: earlier
+    PyTorch position gets 0), the rest B = 0. Effective weight alpha_o * (2B - 1) (code
+    ``pm1``) or alpha_o * B (``01``), identity STE on X: (X - stop(X) + code) * alpha.
+    alpha_o is learnable; ``init_from_kernel`` sets it to mean_o |w| when the model is
+    built (PyTorch does this lazily on the first forward). No weight decay on the latent
+    kernel nor on alpha."""
 
     no_weight_decay = True
+    _latent: tf.Variable | None = None
 
     def build(self, input_shape: Any) -> None:
         out = int(input_shape[-1])
@@ -301,7 +325,17 @@ class SimanWeight(WeightQuantizer):
         self.alpha_initialized = self.add_weight(
             name="alpha_initialized", shape=(), initializer="zeros", trainable=False, dtype="bool"
         )
+        self.clip_percent = _scalar("clip_percent", 0.0, self)
         super().build(input_shape)
+
+    def set_schedule(self, epoch: int, epochs: int) -> None:
+        self.clip_percent.assign(siman_percent(epoch, epochs, self.params["clip_percent"]))
+
+    def no_weight_decay_parameters(self) -> list[tf.Variable]:
+        return [self.alpha]
+
+    def bind_latent(self, variable: tf.Variable) -> None:
+        self._latent = variable
 
     def init_from_kernel(self, kernel: np.ndarray) -> None:
         axes = tuple(range(kernel.ndim - 1))
@@ -314,20 +348,56 @@ class SimanWeight(WeightQuantizer):
             self.init_from_kernel(kernel)
 
     def torch_params(self) -> dict[str, tf.Variable]:
-        return {"alpha": self.alpha, "alpha_initialized": self.alpha_initialized}
+        return {
+            "alpha": self.alpha,
+            "alpha_initialized": self.alpha_initialized,
+            "clip_percent": self.clip_percent,
+        }
+
+    def clipped(self, kernel: tf.Tensor) -> tf.Tensor:
+        """``siman_clip`` at the current p (the kernel itself when p = 0), with the
+        identity gradient to ``kernel``."""
+        percent = tf.convert_to_tensor(self.clip_percent)
+        clipped = tf.cond(
+            percent > 0.0,
+            lambda: lm.siman_clip(kernel, percent),
+            lambda: tf.stop_gradient(kernel),
+        )
+        return clipped + (kernel - tf.stop_gradient(kernel))
+
+    @staticmethod
+    def magnitude(kernel: tf.Tensor) -> tf.Tensor:
+        """X = |standardized kernel| (variance over n - 1, plus 1e-5)."""
+        return tf.abs(lm.standardize_per_channel(kernel, unbiased=True, eps=lm.SIMAN_EPS))
 
     def code_bits(self, kernel: tf.Tensor) -> tf.Tensor:
-        """B in {0, 1}, Keras kernel shape."""
-        x = tf.abs(lm.standardize_per_channel(tf.stop_gradient(kernel)))
+        """B in {0, 1}, Keras kernel shape (kernel already clipped)."""
+        x = self.magnitude(tf.stop_gradient(kernel))
         rows = lm.torch_rows(x)
         n = int(rows.shape[1])
         b = tf.cast(lm.rank_along_rows(rows) >= n - n // 2, kernel.dtype)
         return lm.from_torch_rows(b, kernel.shape)
 
-    def call(self, kernel: tf.Tensor) -> tf.Tensor:
-        b = self.code_bits(kernel)
+    def _persist(self, clipped: tf.Tensor, training: Any) -> None:
+        """The official in-place update: the latent kernel becomes the clipped one."""
+        if self._latent is None or training is None or training is False:
+            return
+        value = tf.stop_gradient(clipped)
+        if training is True:
+            self._latent.assign(value)
+            return
+        tf.cond(
+            tf.cast(training, tf.bool),
+            lambda: self._latent.assign(value).read_value(),  # type: ignore[union-attr]
+            lambda: value,
+        )
+
+    def call(self, kernel: tf.Tensor, training: Any = None) -> tf.Tensor:
+        wc = self.clipped(kernel)
+        self._persist(wc, training)
+        b = self.code_bits(wc)
         code = 2.0 * b - 1.0 if self.params["code"] == "pm1" else b
-        x = tf.abs(lm.standardize_per_channel(kernel))
+        x = self.magnitude(wc)
         return (x - tf.stop_gradient(x) + code) * self.alpha
 
     def export(self, kernel: Any) -> WeightExport:
@@ -336,25 +406,28 @@ class SimanWeight(WeightQuantizer):
                 "SiMaN with code '01' has {0,1} weights, which binary conv ops cannot express",
                 hint="train with the default code 'pm1' to export",
             )
-        bits = 2.0 * self.code_bits(tf.constant(_np(kernel))) - 1.0
+        bits = 2.0 * self.code_bits(self.clipped(tf.constant(_np(kernel)))) - 1.0
         return self._bits_export(bits, self.alpha)
 
     def _score(self, kernel: tf.Tensor) -> tf.Tensor:
-        return tf.abs(lm.standardize_per_channel(kernel))
+        return self.magnitude(self.clipped(kernel))
 
 
 @register
 class CenteredSignActivation(ActivationQuantizer):
     """SiMaN's activation: sign(a - mean(a)) per sample (mean over all but the batch
-    axis), clipped STE on the centred value. Exported as a float reduction before the
-    binary op (``ActivationExport("center")``)."""
+    axis). Backward as the official code and ``torch_impl.CenteredSignActivation``:
+    clamp(2 - 2|a1|, 0) on the per-sample standardized a1 = (a - mean)/sqrt(var + 1e-5),
+    back through the standardization; ``preprocess`` (the centring) carries that
+    estimator and ``binarize`` passes the gradient through, so the forward graph (what
+    LCE converts) is only the centring and the sign. Exported as a float reduction
+    before the binary op (``ActivationExport("center")``)."""
 
     def preprocess(self, x: tf.Tensor) -> tf.Tensor:
-        axes = list(range(1, x.shape.rank))
-        return x - tf.reduce_mean(x, axis=axes, keepdims=True)
+        return lm.siman_centre(x)
 
     def binarize(self, x: tf.Tensor) -> tf.Tensor:
-        return lm.ste_sign(x)
+        return lm.pass_through_sign(x)
 
     def export(self) -> ActivationExport:
         return ActivationExport("center")

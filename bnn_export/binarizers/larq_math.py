@@ -65,12 +65,96 @@ def from_torch_rows(rows: tf.Tensor, shape: tf.TensorShape) -> tf.Tensor:
     return tf.transpose(rows)
 
 
-def standardize_per_channel(kernel: tf.Tensor) -> tf.Tensor:
-    """(w - mean_o) / std_o over each output channel (last axis; population std >= 1e-8)."""
+def standardize_per_channel(
+    kernel: tf.Tensor, *, unbiased: bool = False, eps: float = 0.0
+) -> tf.Tensor:
+    """(w - mean_o) / sd_o over each output channel (last axis), as
+    ``torch_impl.standardize_per_channel``: variance over n - 1 (``unbiased``; n for a
+    channel of one weight) or n; sd_o = sqrt(var_o + eps) with ``eps`` > 0, otherwise
+    std_o floored at 1e-8."""
     axes = list(range(kernel.shape.rank - 1))
+    n = math.prod(int(d) for d in kernel.shape[:-1])
     mean = tf.reduce_mean(kernel, axis=axes, keepdims=True)
-    std = tf.maximum(tf.math.reduce_std(kernel, axis=axes, keepdims=True), 1e-8)
-    return (kernel - mean) / std
+    centred = kernel - mean
+    var = tf.reduce_sum(tf.square(centred), axis=axes, keepdims=True) / float(
+        n - 1 if unbiased and n > 1 else n
+    )
+    sd = tf.sqrt(var + eps) if eps > 0 else tf.maximum(tf.sqrt(var), 1e-8)
+    return centred / sd
+
+
+def percentile_linear(sorted_values: tf.Tensor, percent: tf.Tensor) -> tf.Tensor:
+    """The ``percent``-th percentile (a scalar tensor, so a traced step follows the
+    schedule) of an ascending 1-d tensor, numpy's linear interpolation; the same
+    arithmetic as ``torch_impl.percentile_linear`` (position in float64, fraction in
+    float32)."""
+    n = int(sorted_values.shape[0])
+    pos = tf.cast(percent, tf.float64) / 100.0 * float(n - 1)
+    lo = tf.clip_by_value(tf.cast(tf.floor(pos), tf.int32), 0, n - 1)
+    hi = tf.minimum(lo + 1, n - 1)
+    frac = tf.cast(pos - tf.cast(lo, tf.float64), sorted_values.dtype)
+    v_lo, v_hi = tf.gather(sorted_values, lo), tf.gather(sorted_values, hi)
+    return v_lo + (v_hi - v_lo) * frac
+
+
+def siman_clip(kernel: tf.Tensor, percent: tf.Tensor) -> tf.Tensor:
+    """SiMaN's latent-weight update (no gradient): centre each output channel, clamp the
+    magnitudes to the layer's [p, 100 - p] percentiles, keep the signs."""
+    kernel = tf.stop_gradient(kernel)
+    axes = list(range(kernel.shape.rank - 1))
+    centred = kernel - tf.reduce_mean(kernel, axis=axes, keepdims=True)
+    magnitude = tf.abs(centred)
+    ordered = tf.sort(tf.reshape(magnitude, [-1]))
+    low = percentile_linear(ordered, percent)
+    high = percentile_linear(ordered, 100.0 - tf.cast(percent, tf.float64))
+    return tf.minimum(tf.maximum(magnitude, low), high) * tf.sign(centred)
+
+
+#: SiMaN's floor under the variances it divides by (official code: 1e-5).
+SIMAN_EPS = 1e-5
+
+
+def siman_centre(x: tf.Tensor) -> tf.Tensor:
+    """Forward: x - mean(x) per sample (all axes but the batch one). Backward: SiMaN's
+    activation estimator, for a following ``pass_through_sign``: with the per-sample
+    standardization a1 = c / s, s = sqrt(var(c) + 1e-5) (variance over n - 1), the
+    upstream gradient g is weighted by clamp(2 - 2|a1|, 0) and carried back through a1
+    and the centring, mean and variance included (what autograd does with the PyTorch
+    formulation). Kept apart from the sign so a strided conv can pad between them."""
+    axes = list(range(1, x.shape.rank))
+    n = math.prod(int(d) for d in x.shape[1:])
+    ddof = 1 if n > 1 else 0
+
+    @tf.custom_gradient
+    def _call(x: tf.Tensor) -> tuple[tf.Tensor, object]:
+        c = x - tf.reduce_mean(x, axis=axes, keepdims=True)
+
+        def grad(dy: tf.Tensor) -> tf.Tensor:
+            d = c - tf.reduce_mean(c, axis=axes, keepdims=True)
+            var = tf.reduce_sum(tf.square(d), axis=axes, keepdims=True) / float(n - ddof)
+            s = tf.sqrt(var + SIMAN_EPS)
+            g1 = dy * tf.nn.relu(2.0 - 2.0 * tf.abs(c / s))
+            dot = tf.reduce_sum(g1 * c, axis=axes, keepdims=True)
+            dc = g1 / s - d * dot / (float(n - ddof) * s * s * s)
+            return dc - tf.reduce_mean(dc, axis=axes, keepdims=True)
+
+        return c, grad
+
+    return _call(x)
+
+
+def pass_through_sign(x: tf.Tensor) -> tf.Tensor:
+    """Forward sign(x); backward the identity (the estimator lives in the stage before,
+    e.g. ``siman_centre``)."""
+
+    @tf.custom_gradient
+    def _call(x: tf.Tensor) -> tuple[tf.Tensor, object]:
+        def grad(dy: tf.Tensor) -> tf.Tensor:
+            return dy
+
+        return sign(x), grad
+
+    return _call(x)
 
 
 def rank_along_rows(rows: tf.Tensor) -> tf.Tensor:

@@ -4,11 +4,12 @@ Each binarizer name maps to a weight quantizer (``forward(w)`` gives the effecti
 weight the convolution uses; ``export(w)`` gives bits and scale) and an activation
 quantizer (``forward(x)`` gives +-1; ``export()`` says how inference binarizes).
 Layers and the trainer use only this interface (``set_schedule``,
-``no_weight_decay``), never binarizer names.
+``no_weight_decay``, ``no_weight_decay_parameters``), never binarizer names.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bnn_export.binarizers import BinarizerConfig, count_of_top, ede_schedule
+from bnn_export.binarizers import BinarizerConfig, count_of_top, ede_schedule, siman_percent
 from bnn_export.binarizers.exports import ActivationExport, WeightExport
 
 
@@ -63,6 +64,11 @@ class WeightQuantizer(nn.Module):
 
     def set_schedule(self, epoch: int, epochs: int) -> None:
         """Called by the trainer at the start of every epoch (0-based)."""
+
+    def no_weight_decay_parameters(self) -> list[nn.Parameter]:
+        """The quantizer's own parameters the trainer keeps out of weight decay (SiMaN's
+        alpha); the latent weight itself is governed by ``no_weight_decay``."""
+        return []
 
     def export(self, w: Tensor) -> WeightExport:
         raise NotImplementedError
@@ -144,12 +150,22 @@ def _channel_view(stat: Tensor, w: Tensor) -> Tensor:
     return stat.reshape(-1, *([1] * (w.dim() - 1)))
 
 
-def standardize_per_channel(w: Tensor) -> Tensor:
-    """(w - mean_o) / std_o over each output channel (population std, floored at 1e-8)."""
+def standardize_per_channel(w: Tensor, *, unbiased: bool = False, eps: float = 0.0) -> Tensor:
+    """(w - mean_o) / sd_o over each output channel.
+
+    sd_o is the standard deviation over n - 1 (``unbiased``, as the official IR-Net and
+    SiMaN code: torch's default) or n (population; GWT, which has no official code),
+    n - 1 falling back to n for a channel of one weight. With ``eps`` > 0 it is
+    sqrt(var_o + eps) (SiMaN's form), otherwise std_o floored at 1e-8.
+    """
     flat = per_channel(w)
+    correction = 1 if unbiased and flat.shape[1] > 1 else 0
     mean = flat.mean(dim=1, keepdim=True)
-    std = flat.std(dim=1, correction=0, keepdim=True).clamp_min(1e-8)
-    return ((flat - mean) / std).reshape(w.shape)
+    if eps > 0:
+        sd = torch.sqrt(flat.var(dim=1, correction=correction, keepdim=True) + eps)
+    else:
+        sd = flat.std(dim=1, correction=correction, keepdim=True).clamp_min(1e-8)
+    return ((flat - mean) / sd).reshape(w.shape)
 
 
 def rank_along_rows(x: Tensor) -> Tensor:
@@ -218,8 +234,9 @@ class _EdeMixin(nn.Module):
 
 
 class IrNetWeight(_EdeMixin, WeightQuantizer):
-    """IR-Net Libra-PB: w_hat = (w - mean_o)/std_o, b = sign(w_hat) * s_o with
-    s_o = 2^round(log2(mean_o |w_hat|)) (detached). Backward: EDE."""
+    """IR-Net Libra-PB: w_hat = (w - mean_o)/std_o (std over n - 1, as the official
+    code), b = sign(w_hat) * s_o with s_o = 2^round(log2(mean_o |w_hat|)) (detached).
+    Backward: EDE."""
 
     def __init__(self, shape: tuple[int, ...], config: BinarizerConfig) -> None:
         super().__init__(shape, config)
@@ -230,16 +247,16 @@ class IrNetWeight(_EdeMixin, WeightQuantizer):
         return torch.pow(2.0, torch.round(torch.log2(mean_abs)))
 
     def forward(self, w: Tensor) -> Tensor:
-        w_hat = standardize_per_channel(w)
+        w_hat = standardize_per_channel(w, unbiased=True)
         return self.ede_sign(w_hat) * _channel_view(self.scale(w_hat), w)
 
     def export(self, w: Tensor) -> WeightExport:
-        w_hat = standardize_per_channel(w.detach())
+        w_hat = standardize_per_channel(w.detach(), unbiased=True)
         bits = _to_numpy(sign_pm1(w_hat)).astype(np.int8)
         return WeightExport(bits, _to_numpy(self.scale(w_hat)).astype(np.float32))
 
     def score(self, w: Tensor) -> Tensor:
-        return standardize_per_channel(w.detach())
+        return standardize_per_channel(w.detach(), unbiased=True)
 
 
 class EdeSignActivation(_EdeMixin, ActivationQuantizer):
@@ -255,36 +272,117 @@ class EdeSignActivation(_EdeMixin, ActivationQuantizer):
 
 # --- siman ---------------------------------------------------------------------------
 
+#: SiMaN's numerical floor under every variance it divides by (official code: 1e-5).
+SIMAN_EPS = 1e-5
+
+
+def percentile_linear(sorted_values: Tensor, percent: float) -> Tensor:
+    """The ``percent``-th percentile of an ascending 1-d tensor with numpy's default
+    (linear) interpolation: position p/100 * (n - 1) between its neighbours."""
+    n = sorted_values.numel()
+    pos = percent / 100.0 * (n - 1)
+    lo = min(max(int(math.floor(pos)), 0), n - 1)
+    hi = min(lo + 1, n - 1)
+    frac = torch.tensor(pos - lo, dtype=sorted_values.dtype, device=sorted_values.device)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
+
+
+def siman_clip(w: Tensor, percent: float) -> Tensor:
+    """SiMaN's latent-weight update (no gradient): centre each output channel, then clamp
+    the magnitudes to the whole layer's [p, 100 - p] percentiles, keeping signs
+    (a centred weight of exactly 0 stays 0)."""
+    w = w.detach()
+    centred = w - _channel_view(per_channel(w).mean(dim=1), w)
+    magnitude = centred.abs()
+    ordered = torch.sort(magnitude.flatten()).values
+    low = percentile_linear(ordered, percent)
+    high = percentile_linear(ordered, 100.0 - percent)
+    return torch.minimum(torch.maximum(magnitude, low), high) * torch.sign(centred)
+
 
 class SimanWeight(WeightQuantizer):
-    """SiMaN: X = |(w - mean_o)/std_o|; the floor(n/2) largest X of each output channel get
-    B = 1 (ties: lower position first gets 0), the rest B = 0. Effective weight
-    alpha_o * (2B - 1) (code ``pm1``) or alpha_o * B (code ``01``), with the identity STE on
-    X. alpha_o is learnable, initialized lazily to mean_o |w|. No weight decay."""
+    """SiMaN (Lin et al., TPAMI 2022), as its official code does it.
+
+    Clipping: with p = ``clip_percent`` (the buffer stepped by ``set_schedule``,
+    clip_percent * (1 - epoch/epochs)) > 0, the latent weights are first centred per
+    output channel and their magnitudes clamped to the layer's [p, 100 - p] percentiles
+    (``siman_clip``). The official code overwrites the parameter with that in every
+    forward; here a training forward does it in place under ``torch.no_grad`` on the
+    parameter itself (so the optimizer steps from the clipped weights), and nothing else
+    writes: evaluation, ``export`` and ``score`` apply the same clip to a copy, so the
+    exported bits are those of the evaluated model. The forward uses the clipped value
+    with the identity gradient to the latent weight (nothing saved for backward refers
+    to the parameter, so the in-place write cannot invalidate a graph). p = 0 (never
+    stepped, or a checkpoint from before clipping existed) switches clipping off.
+
+    Bits: X = |(w_c - mean_o)/sqrt(var_o + 1e-5)| (variance over n - 1) of the clipped
+    weights w_c; the floor(n/2) largest X of each output channel get B = 1 (ties: lower
+    position first gets 0), the rest B = 0. Effective weight alpha_o * (2B - 1) (code
+    ``pm1``) or alpha_o * B (code ``01``), with the identity STE on X. alpha_o is
+    learnable, initialized lazily to mean_o |w|. No weight decay on the latent weights
+    nor on alpha."""
 
     no_weight_decay = True
     alpha_initialized: Tensor
+    clip_percent: Tensor
 
     def __init__(self, shape: tuple[int, ...], config: BinarizerConfig) -> None:
         super().__init__(shape, config)
         self.alpha = nn.Parameter(torch.ones(shape[0]))
         self.register_buffer("alpha_initialized", torch.tensor(False))
+        self.register_buffer("clip_percent", torch.tensor(0.0))
+
+    def set_schedule(self, epoch: int, epochs: int) -> None:
+        self.clip_percent.fill_(siman_percent(epoch, epochs, self.config.params["clip_percent"]))
+
+    def no_weight_decay_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha]
+
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+        key = prefix + "clip_percent"
+        if key in missing_keys:  # saved before clipping existed: its bits had none
+            missing_keys.remove(key)
+            self.clip_percent.fill_(0.0)
+
+    def clipped(self, w: Tensor) -> Tensor:
+        """The latent weights the bits come from: ``siman_clip`` at the current p (w
+        itself when p = 0), with the identity gradient to ``w``."""
+        percent = float(self.clip_percent)
+        if percent <= 0:
+            return w
+        with torch.no_grad():
+            clipped = siman_clip(w, percent)
+        return clipped + (w - w.detach()) if w.requires_grad else clipped
 
     def code_bits(self, w: Tensor) -> Tensor:
-        """B in {0, 1}, shape of w."""
-        x = per_channel(standardize_per_channel(w.detach()).abs())
+        """B in {0, 1}, shape of w (w already clipped)."""
+        x = per_channel(self.magnitude(w.detach()))
         n = x.shape[1]
         ranks = rank_along_rows(x)
         return (ranks >= n - n // 2).to(w.dtype).reshape(w.shape)
+
+    @staticmethod
+    def magnitude(w: Tensor) -> Tensor:
+        """X = |standardized w| (variance over n - 1, plus 1e-5)."""
+        return standardize_per_channel(w, unbiased=True, eps=SIMAN_EPS).abs()
 
     def forward(self, w: Tensor) -> Tensor:
         if not bool(self.alpha_initialized):
             with torch.no_grad():
                 self.alpha.copy_(per_channel(w).abs().mean(dim=1))
                 self.alpha_initialized.fill_(True)
-        b = self.code_bits(w)
+        wc = self.clipped(w)
+        if self.training and wc is not w and isinstance(w, nn.Parameter):
+            with torch.no_grad():
+                w.copy_(wc)  # the official in-place update of the latent weights
+        b = self.code_bits(wc)
         code = 2 * b - 1 if self.config.params["code"] == "pm1" else b
-        x = standardize_per_channel(w).abs()
+        x = self.magnitude(wc)
         return (x - x.detach() + code) * _channel_view(self.alpha, w)
 
     def export(self, w: Tensor) -> WeightExport:
@@ -295,20 +393,42 @@ class SimanWeight(WeightQuantizer):
                 "SiMaN with code '01' has {0,1} weights, which binary conv ops cannot express",
                 hint="train with the default code 'pm1' to export",
             )
-        bits = _to_numpy(2 * self.code_bits(w) - 1).astype(np.int8)
+        bits = _to_numpy(2 * self.code_bits(self.clipped(w.detach())) - 1).astype(np.int8)
         return WeightExport(bits, _to_numpy(self.alpha).astype(np.float32))
 
     def score(self, w: Tensor) -> Tensor:
-        return standardize_per_channel(w.detach()).abs()
+        return self.magnitude(self.clipped(w.detach()))
+
+
+class _SimanActivationSign(torch.autograd.Function):
+    """Forward sign(centred); backward clamp(2 - 2|a1|, 0) on the standardized a1 (the
+    official SiMaN estimator), which autograd carries back through the standardization."""
+
+    @staticmethod
+    def forward(ctx: Any, a1: Tensor, centred: Tensor) -> Tensor:
+        ctx.save_for_backward(a1)
+        return sign_pm1(centred)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (a1,) = ctx.saved_tensors
+        return grad * torch.clamp(2 - 2 * a1.abs(), min=0), None
 
 
 class CenteredSignActivation(ActivationQuantizer):
-    """SiMaN's activation: sign(a - mean(a)) per sample (mean over all but the batch axis),
-    clipped STE on the centred value. Exported as a float reduction before the binary op."""
+    """SiMaN's activation: sign(a - mean(a)) per sample (mean over all but the batch axis).
+    Backward as the official code: a1 = (a - mean) / sqrt(var + 1e-5) per sample (variance
+    over n - 1), gradient clamp(2 - 2|a1|, 0) at a1, back through the standardization
+    (mean and variance included). sign(a1) = sign(a - mean), so the forward and the
+    export (a float reduction before the binary op) only need the centring."""
 
     def forward(self, x: Tensor) -> Tensor:
         dims = tuple(range(1, x.dim()))
-        return ste_sign(x - x.mean(dim=dims, keepdim=True))
+        centred = x - x.mean(dim=dims, keepdim=True)
+        n = math.prod(x.shape[1:])
+        var = centred.var(dim=dims, correction=1 if n > 1 else 0, keepdim=True)
+        a1 = centred / torch.sqrt(var + SIMAN_EPS)
+        return _SimanActivationSign.apply(a1, centred)  # type: ignore[no-any-return]
 
     def export(self) -> ActivationExport:
         return ActivationExport("center")

@@ -85,6 +85,7 @@ def _build(arch: dict[str, Any], binarizer: BinarizerConfig) -> keras.Model:
         init = getattr(layer.kernel_quantizer, "init_from_kernel", None)
         if init is not None:  # e.g. SiMaN's alpha = mean_o |w|
             init(np.asarray(tf.convert_to_tensor(layer.kernel.latent_variable)))
+        layer.kernel_quantizer.bind_latent(layer.kernel.latent_variable)  # SiMaN's clipping
     return model
 
 
