@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
 
 import numpy as np
 import onnx
@@ -86,12 +85,6 @@ SIGN_RTOL = 1e-3
 LOGIT_RTOL = 1e-3
 
 
-def _module(node: Any) -> str:
-    """The PyTorch module a binary graph node was traced from."""
-    name = getattr(node, "module", None)
-    return str(name if name is not None else node.attrs["module"])
-
-
 def _torch_forward(
     model: torch.nn.Module, graph: Graph, x: np.ndarray
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -100,7 +93,7 @@ def _torch_forward(
     signs: dict[str, np.ndarray] = {}
     hooks = []
     for node in graph.binary_nodes():
-        quantizer = model.get_submodule(_module(node)).input_quantizer
+        quantizer = model.get_submodule(node.label).input_quantizer
 
         def hook(_m: torch.nn.Module, _i: object, out: torch.Tensor, name: str = node.name):
             values = out.detach().numpy().reshape(len(out), -1)
@@ -153,7 +146,7 @@ def _check_outputs(
         if wrong.size:
             sample, i = wrong[0]
             raise AssertionError(
-                f"{target}: layer {_module(node)!r}: {len(wrong)} activations binarize "
+                f"{target}: layer {node.label!r}: {len(wrong)} activations binarize "
                 f"unlike torch, far from 0: sample {sample} value {binput[sample, i]:.4g} "
                 f"(rounding margin {margin[sample, 0]:.3g})"
             )
