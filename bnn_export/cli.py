@@ -523,6 +523,11 @@ def bench(
     from bnn_export.bench.latency import LatencySettings
     from bnn_export.bench_cli import BenchOptions, check_agreement, run_bench
 
+    if min_agreement is not None and reference is None:
+        raise BnnExportError(
+            "--min-agreement compares the models with --reference, and none was given",
+            hint="add --reference RUN_DIR (the checkpoint the models were converted from)",
+        )
     options = BenchOptions(
         device=device,
         runtime=runtime,

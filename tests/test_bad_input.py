@@ -511,6 +511,7 @@ def test_convert_dataset_without_validation_is_for_batchnorm(
         (("--remote-python", "python3"), "--remote-python runs the .onnx worker on an ssh device"),
         (("--timeout", "5"), "--timeout applies to models run through the device layer"),
         (("--remote-tmp", "/tmp"), "--remote-tmp applies to models run through the device layer"),
+        (("--min-agreement", "0.99"), "--min-agreement compares the models with --reference"),
     ],
 )
 def test_bench_refuses_options_it_would_ignore(
