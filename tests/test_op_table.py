@@ -23,6 +23,7 @@ from bnn_export.convert.keras_export import check_tflite_exportable
 from bnn_export.convert.onnx_export import TARGETS, to_onnx
 from bnn_export.convert.ops import OPS, NoAttrs, Op, OpAttrs, register, unregister
 from bnn_export.errors import BnnExportError
+from bnn_export.models.blocks import RPReLU, RSign
 from bnn_export.models.layers import BinaryConv2d, BinaryLinear
 
 
@@ -42,16 +43,27 @@ class AllOps(nn.Module):
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.ident = nn.Identity()
         self.flatten = nn.Flatten()
-        self.blin = BinaryLinear(8 * 3 * 3, 16, binarizer=get("irnet"))
-        self.flin = BinaryLinear(16, 8, binarizer=get("none"))
-        self.fc = nn.Linear(8, 10)
+        self.blin = BinaryLinear(16 * 3 * 3, 16, binarizer=get("irnet"))
+        self.flin = BinaryLinear(16, 16, binarizer=get("none"))
+        self.fc = nn.Linear(16, 10)
+        # the ops of issue 13 (ReActNet's RSign is fused into bconv2: no node of its own)
+        self.prelu = nn.PReLU(8)
+        self.rsign = RSign(8)
+        self.bconv2 = BinaryConv2d(8, 8, 1, binarizer=get("ste"))
+        self.rprelu = RPReLU(16)
+        self.relu6 = nn.ReLU6()
+        self.drop = nn.Dropout(0.5)
+        self.softmax = nn.Softmax(dim=1)
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.clip(self.relu(self.stem(x)))
         x = torch.add(self.bconv(x), self.fconv(x))
-        x = self.ident(self.avg(self.pool(self.bn(x) + x)))
-        y = self.flin(self.blin(torch.flatten(x, 1)))
-        return self.fc(y + self.flatten(self.gap(x)))
+        x = self.prelu(self.ident(self.avg(self.pool(self.bn(x) + x))))
+        x = self.rprelu(torch.cat([x, self.bconv2(self.rsign(x))], dim=1))
+        x = self.relu6(x * self.scale.view(1, -1, 1, 1) + 0.5)
+        y = self.flin(self.blin(torch.flatten(x, 1))) + self.flatten(self.gap(x))
+        return self.softmax(self.fc(self.drop(y + x.mean((2, 3)).view(x.size(0), -1))))
 
 
 def _all_ops_graph() -> Graph:
@@ -110,9 +122,11 @@ def test_an_incomplete_or_duplicate_definition_is_refused() -> None:
 
 def test_the_tracer_uses_every_op_and_both_emitters_take_them() -> None:
     graph = _all_ops_graph()
-    assert {n.op for n in graph.nodes} == set(OPS)
+    assert {n.op for n in graph.nodes} == set(OPS) - {"rsign"}  # fused into bconv2
     assert all(isinstance(n.attrs, OPS[n.op].attrs_type) for n in graph.nodes)
-    assert [n.label for n in graph.binary_nodes()] == ["bconv", "blin"]
+    assert [n.label for n in graph.binary_nodes()] == ["bconv", "bconv2", "blin"]
+    fused = graph.binary_nodes()[1].attrs.activation
+    assert fused.kind == "threshold" and fused.threshold.shape == (8,)
     assert graph.shapes()[graph.output] == (1, 10)
     for target in TARGETS:
         onnx.checker.check_model(to_onnx(graph, target=target))
@@ -146,7 +160,7 @@ def test_importing_the_table_and_emitters_imports_no_tensorflow() -> None:
     ("layer", "message"),
     [
         (nn.GELU(), "layer 'act' of type GELU cannot be exported"),
-        (nn.Hardtanh(-2.0, 2.0), "layer 'act' of type Hardtanh cannot be exported"),
+        (nn.LPPool2d(2, 2), "layer 'act' of type LPPool2d cannot be exported"),
         (nn.Upsample(scale_factor=2), "layer 'act' of type Upsample cannot be exported"),
     ],
 )
@@ -156,7 +170,7 @@ def test_the_tracer_refuses_a_module_outside_the_table(layer: nn.Module, message
     model.add_module("act", layer)
     with pytest.raises(BnnExportError, match=message) as err:
         graph_from_torch(model, (1, 6, 6))
-    assert "Conv2d" in str(err.value.hint) and "Hardtanh(-1, 1)" in str(err.value.hint)
+    assert "Conv2d" in str(err.value.hint) and "PReLU" in str(err.value.hint)
 
 
 def test_the_tracer_refuses_a_function_outside_the_table() -> None:
@@ -164,13 +178,15 @@ def test_the_tracer_refuses_a_function_outside_the_table() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.sigmoid(x)
 
-    with pytest.raises(BnnExportError, match=r"'sigmoid' \(sigmoid\) cannot be exported.*\+"):
+    with pytest.raises(BnnExportError, match=r"torch.sigmoid \(sigmoid\) in the model's forward"
+                       r" at .*test_op_table.py.* cannot be exported") as err:  # fmt: skip
         graph_from_torch(Sig(), (1, 4, 4))
+    assert "torch.cat" in str(err.value.hint) and "PReLU" in str(err.value.hint)
 
 
 def test_nodes_check_their_attributes() -> None:
-    with pytest.raises(BnnExportError, match="unknown export op 'softmax'; valid: .*relu"):
-        Node("s", "softmax", ["x"])
+    with pytest.raises(BnnExportError, match="unknown export op 'gelu'; valid: .*relu"):
+        Node("s", "gelu", ["x"])
     with pytest.raises(BnnExportError, match="op 'maxpool' takes PoolAttrs attributes"):
         Node("p", "maxpool", ["x"], NoAttrs())
     with pytest.raises(TypeError, match=r"node.module, or node.label"):

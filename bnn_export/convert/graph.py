@@ -10,6 +10,8 @@ layer.
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +19,14 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from bnn_export.binarizers.exports import ActivationExport
 from bnn_export.convert.ops import OPS, NoAttrs, Op, get_op
+from bnn_export.convert.ops.base import BATCH, BatchSize, Call, TensorArg
 from bnn_export.convert.ops.float_layers import BatchNormAttrs
 from bnn_export.errors import BnnExportError
 from bnn_export.models.layers import _BinaryBase
 
-__all__ = ["OPS", "Graph", "Node", "fold_bn", "graph_from_torch", "infer_shapes"]
+__all__ = ["OPS", "Graph", "Node", "fold_bn", "fuse_rsign", "graph_from_torch", "infer_shapes"]
 
 
 @dataclass
@@ -84,8 +88,15 @@ class Graph:
 
 
 class _Tracer(fx.Tracer):
+    """Keeps binary layers and the ops' leaf modules (``Op.leaf``: RSign, RPReLU) whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = True  # where a refused call is in the user's source
+        self.leaves = tuple(m for op in OPS.values() if op.leaf for m in op.modules)
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _BinaryBase) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (_BinaryBase, *self.leaves)) or super().is_leaf_module(m, qualname)
 
 
 def _module_op(name: str, m: nn.Module) -> tuple[Op[Any], Any]:
@@ -99,45 +110,212 @@ def _module_op(name: str, m: nn.Module) -> tuple[Op[Any], Any]:
     )
 
 
-def _function_op(target: Any, inputs: int) -> tuple[Op[Any], Any] | None:
-    """The one op of the table that claims a call of function ``target``, if any."""
+def _function_op(call: Call) -> tuple[Op[Any], Any] | None:
+    """The one op of the table that claims a traced call, if any."""
     for op in OPS.values():
-        if target in op.functions and (attrs := op.from_function(target, inputs)) is not None:
+        claims = (
+            call.target in op.methods
+            if isinstance(call.target, str)
+            else call.target in op.functions
+        )
+        if claims and (attrs := op.from_call(call)) is not None:
             return op, attrs
     return None
 
 
+def _where(n: fx.Node) -> str:
+    """Where a traced call is in the user's model: the module it is in and its source."""
+    parts = []
+    stack = n.meta.get("nn_module_stack") or {}
+    if stack:
+        path, cls = list(stack.values())[-1]
+        parts.append(f"in module {path!r} ({getattr(cls, '__name__', cls)})")
+    else:
+        parts.append("in the model's forward")
+    lines = str(n.meta.get("stack_trace") or "").splitlines()
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if line.startswith("File ") and "/torch/" not in line:
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            loc = line.removeprefix("File ").replace('"', "")
+            parts.append(f"at {loc}" + (f": {code}" if code else ""))
+            break
+    return " ".join(parts)
+
+
+def _constant(traced: fx.GraphModule, target: str) -> torch.Tensor:
+    value: Any = traced
+    for part in target.split("."):
+        value = getattr(value, part)
+    if not isinstance(value, torch.Tensor):
+        raise BnnExportError(f"attribute {target!r} of the model is not a tensor")
+    return value.detach()
+
+
+def _static(v: Any) -> bool:
+    """Whether a traced value is known at export time (no graph tensor, no batch size)."""
+    if isinstance(v, TensorArg | BatchSize):
+        return False
+    if isinstance(v, list | tuple):
+        return all(_static(x) for x in v)
+    if isinstance(v, dict):
+        return all(_static(x) for x in v.values())
+    return True
+
+
+def _shape_of(t: TensorArg) -> tuple[Any, ...]:
+    return (BATCH, *t.shape[1:])
+
+
+def _shape_call(n: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, Any]:
+    """``x.size()``, ``x.size(i)``, ``x.shape``, ``x.dim()``, and indexing the shape:
+    (True, value) where ``n`` is one of those on a graph tensor."""
+    first = args[0] if args else None
+    if isinstance(first, TensorArg):
+        if n.op == "call_method" and n.target == "size":
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            shape = _shape_of(first)
+            return True, shape if dim is None else shape[dim]
+        if n.op == "call_method" and n.target == "dim":
+            return True, len(first.shape)
+        if n.op == "call_function" and n.target is getattr and args[1] == "shape":
+            return True, _shape_of(first)
+    if (
+        n.op == "call_function"
+        and n.target is operator.getitem
+        and isinstance(first, tuple)
+        and any(isinstance(v, BatchSize) for v in first)
+    ):
+        return True, first[args[1]]
+    return False, None
+
+
+def _to_call_value(v: Any) -> Any:
+    """Constant tensors as float32 numpy for ``Call`` (ops never see torch tensors)."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().numpy().astype(np.float32)
+    if isinstance(v, list):
+        return [_to_call_value(x) for x in v]
+    if isinstance(v, tuple):
+        return tuple(_to_call_value(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _to_call_value(x) for k, x in v.items()}
+    return v
+
+
 def graph_from_torch(model: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
-    """Trace a PyTorch model (eval mode) into an export graph."""
+    """Trace a PyTorch model (eval mode) into an export graph.
+
+    Calls on constants alone (parameters, buffers: ``self.scale.view(1, -1, 1, 1)``) are
+    computed here; shape arithmetic (``x.size(0)``, ``x.shape``) is followed with the
+    batch size symbolic. RSign modules are fused into the binary layers they feed
+    (``fuse_rsign``). Anything else the table does not take is refused, naming the op,
+    where it is in the model and what is supported.
+    """
     model.eval()
     try:
         traced = fx.GraphModule(model, _Tracer().trace(model))
     except (torch.fx.proxy.TraceError, TypeError, RuntimeError) as exc:
         raise BnnExportError(f"cannot trace the model for export: {exc}") from None
     modules = dict(traced.named_modules())
+    c, h, w = (int(v) for v in input_shape)
     nodes: list[Node] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    env: dict[str, Any] = {}  # fx node -> TensorArg, or a value known at export time
     output = ""
+
+    def value(a: Any) -> Any:
+        return fx.node.map_arg(a, lambda x: env[x.name])
+
+    def add(node: Node) -> None:
+        inputs = [shapes[i] for i in node.inputs] or [(1, c, h, w)]
+        shapes[node.name] = node.definition.out_shape(node, inputs)
+        nodes.append(node)
+        env[node.name] = TensorArg(node.name, shapes[node.name])
+
     for n in traced.graph.nodes:
-        args = [a.name for a in n.args if isinstance(a, fx.Node)]
         if n.op == "placeholder":
-            nodes.append(Node(n.name, "input", []))
+            if nodes:
+                raise BnnExportError(f"the model takes more than one input ({n.name})")
+            add(Node(n.name, "input", []))
+        elif n.op == "get_attr":
+            env[n.name] = _constant(traced, n.target)
         elif n.op == "call_module":
             op, attrs = _module_op(n.target, modules[n.target])
-            nodes.append(Node(n.name, op.name, args, attrs, module=n.target))
-        elif n.op == "call_function" and (found := _function_op(n.target, len(args))):
-            nodes.append(Node(n.name, found[0].name, args, found[1]))
+            args = [a for a in value(n.args) if isinstance(a, TensorArg)]
+            add(Node(n.name, op.name, [a.name for a in args], attrs, module=n.target))
+        elif n.op in ("call_function", "call_method"):
+            args, kwargs = list(value(n.args)), dict(value(n.kwargs))
+            is_shape, result = _shape_call(n, args, kwargs)
+            if is_shape:
+                env[n.name] = result
+                continue
+            if _static(args) and _static(kwargs):  # constants only: computed now
+                with torch.no_grad():
+                    if n.op == "call_method":
+                        env[n.name] = getattr(args[0], n.target)(*args[1:], **kwargs)
+                    else:
+                        env[n.name] = n.target(*args, **kwargs)
+                continue
+            call = Call(n.target, _to_call_value(tuple(args)), _to_call_value(kwargs), _where(n))
+            if not (found := _function_op(call)):
+                supported = ", ".join(
+                    op.pattern for op in OPS.values() if op.functions or op.methods
+                )
+                raise BnnExportError(
+                    f"operation {call.label} ({n.name}) {call.where} cannot be exported",
+                    hint=f"supported functions and methods: {supported}; modules: "
+                    + ", ".join(op.pattern for op in OPS.values() if op.modules),
+                )
+            op, attrs = found
+            add(Node(n.name, op.name, [t.name for t in call.tensors], attrs))
         elif n.op == "output":
-            output = args[0]
-        else:
-            supported = " and ".join(op.pattern for op in OPS.values() if op.functions)
-            raise BnnExportError(
-                f"operation {n.op} {getattr(n.target, '__name__', n.target)!r} ({n.name}) cannot "
-                f"be exported; supported functions are {supported}"
-            )
-    c, h, w = input_shape
-    graph = Graph(nodes, output, (int(c), int(h), int(w)))
+            out = value(n.args[0])
+            if not isinstance(out, TensorArg):
+                raise BnnExportError(
+                    f"the model's output must be one tensor, got {type(out).__name__}"
+                )
+            output = out.name
+    graph = Graph(nodes, output, (c, h, w))
+    fuse_rsign(graph)
     infer_shapes(graph)  # validates the wiring
     return graph
+
+
+def fuse_rsign(graph: Graph) -> None:
+    """Fold every RSign (sign(x - threshold[c])) into the binary layers it feeds: their
+    activation becomes ``threshold`` (bit = +1 where x >= threshold[c]; x - t >= 0 is
+    exactly x >= t in IEEE floats) and the RSign node disappears. An RSign feeding
+    anything else, or a binary layer whose activation is not a plain sign, is refused."""
+    for rsign in [n for n in graph.nodes if n.op == "rsign"]:
+        consumers = graph.consumers(rsign.name)
+        if rsign.name == graph.output or not consumers:
+            raise BnnExportError(
+                f"RSign {rsign.label!r} is the model's output or feeds nothing; an RSign "
+                "is exported only as the threshold of the binary layers it feeds"
+            )
+        for m in consumers:
+            if not m.definition.binary:
+                raise BnnExportError(
+                    f"RSign {rsign.label!r} feeds {m.label!r} ({m.definition.pattern or m.op}),"
+                    " not a binary layer; an RSign is exported only as the threshold of "
+                    "the binary layers it feeds",
+                    hint="feed its output only to BinaryConv2d / BinaryLinear layers",
+                )
+            if m.attrs.activation.kind != "sign":
+                raise BnnExportError(
+                    f"RSign {rsign.label!r} feeds binary layer {m.label!r}, whose binarizer's "
+                    f"activation is {m.attrs.activation.kind!r}, not a plain sign; the "
+                    "threshold cannot be fused into it",
+                    hint="use a binarizer whose activation is a plain sign (ste, irnet, "
+                    "equal_bits, gwt) after an RSign",
+                )
+        threshold = rsign.attrs.threshold
+        for m in consumers:
+            act = ActivationExport("threshold", threshold=threshold.copy())
+            m.attrs = dataclasses.replace(m.attrs, activation=act)
+            m.inputs = [rsign.inputs[0] if i == rsign.name else i for i in m.inputs]
+        graph.nodes.remove(rsign)
 
 
 def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:

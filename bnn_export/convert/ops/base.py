@@ -65,9 +65,13 @@ class Op(ABC, Generic[A]):
     attrs_type: ClassVar[type] = NoAttrs
     #: the PyTorch code it is traced from, in words (error hints)
     pattern: ClassVar[str] = ""
-    #: module types and functions the tracer offers to ``from_module`` / ``from_function``
+    #: module types, functions and tensor methods (names, e.g. ``"view"``) the tracer
+    #: offers to ``from_module`` / ``from_call``
     modules: ClassVar[tuple[type[nn.Module], ...]] = ()
     functions: ClassVar[tuple[Callable[..., Any], ...]] = ()
+    methods: ClassVar[tuple[str, ...]] = ()
+    #: the tracer keeps ``modules`` whole (leaf modules, like binary layers), not traced into
+    leaf: ClassVar[bool] = False
     #: a binary layer (``Graph.binary_nodes``)
     binary: ClassVar[bool] = False
 
@@ -82,8 +86,17 @@ class Op(ABC, Generic[A]):
 
     def from_function(self, target: Callable[..., Any], inputs: int) -> A | None:
         """The attributes of a call of ``target`` (one of ``functions``) on ``inputs``
-        tensors, or None when the call is not this op."""
+        tensors, or None when the call is not this op (ops that need the call's other
+        arguments override ``from_call`` instead)."""
         return None
+
+    def from_call(self, call: Call) -> A | None:
+        """The attributes of a traced call (a function of ``functions`` or a method of
+        ``methods``), or None when the call is not this op; raises BnnExportError for a
+        variant that cannot be exported. Default: ``from_function`` for functions."""
+        if isinstance(call.target, str):
+            return None
+        return self.from_function(call.target, len(call.tensors))
 
     @abstractmethod
     def out_shape(self, node: Node, inputs: list[Shape]) -> Shape:
@@ -102,6 +115,80 @@ class Op(ABC, Generic[A]):
 
     def check_keras(self, node: Node) -> None:
         """Refuse what TFLite cannot express, cheaply (no TensorFlow import)."""
+
+
+class BatchSize:
+    """The batch dimension in a traced shape computation (``x.size(0)``, ``x.shape[0]``):
+    unknown at export time (the exported models take any batch)."""
+
+    def __repr__(self) -> str:
+        return "N"
+
+
+BATCH = BatchSize()
+
+
+@dataclass(frozen=True)
+class TensorArg:
+    """A tensor argument of a traced call: the graph node that computes it, and its shape
+    for a batch of one."""
+
+    name: str
+    shape: Shape
+
+
+@dataclass(frozen=True)
+class Call:
+    """A traced function or method call, for ``Op.from_call``: ``args`` / ``kwargs`` as
+    traced, with graph tensors as ``TensorArg``, constant tensors (parameters, buffers and
+    what is computed from them alone) as float32 numpy arrays, shapes with ``BATCH``."""
+
+    target: Any  # the function, or the method's name
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    where: str = ""  # where in the user's model (module path, source line), for messages
+
+    @property
+    def tensors(self) -> list[TensorArg]:
+        """The tensor arguments, in order (lists such as ``torch.cat``'s flattened)."""
+        out: list[TensorArg] = []
+
+        def walk(v: Any) -> None:
+            if isinstance(v, TensorArg):
+                out.append(v)
+            elif isinstance(v, list | tuple):
+                for item in v:
+                    walk(item)
+            elif isinstance(v, dict):
+                for item in v.values():
+                    walk(item)
+
+        walk(self.args)
+        walk(self.kwargs)
+        return out
+
+    def arg(self, index: int, key: str, default: Any = None) -> Any:
+        """Argument ``index`` (positional) or ``key`` (keyword), else ``default``."""
+        if index < len(self.args):
+            return self.args[index]
+        return self.kwargs.get(key, default)
+
+    @property
+    def label(self) -> str:
+        """The callee, in words."""
+        if isinstance(self.target, str):
+            return f"Tensor.{self.target}"
+        module = getattr(self.target, "__module__", None) or ""
+        name = getattr(self.target, "__name__", str(self.target))
+        if module in ("_operator", "operator"):
+            return f"operator.{name}"
+        if module.startswith("torch"):
+            return f"{module}.{name}".replace("torch.nn.functional", "F")
+        return f"torch.{name}" if "built-in method" in repr(self.target) else name
+
+    def refuse(self, why: str) -> BnnExportError:
+        """The error for a variant of a supported call that cannot be exported."""
+        return BnnExportError(f"{self.label} {self.where}: {why}".replace("  ", " "))
 
 
 #: every op, by name, in registration order
