@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Are the converters' files byte-identical between a base revision and the working tree?
 
-    .venv/bin/python scripts/check-byte-identical.py [--base REV] [--keep DIR]
+    .venv/bin/python scripts/check-byte-identical.py [--base REV] [--new REV] [--keep DIR]
 
 In one run on one machine (float convolutions round differently on other CPUs, so
 hashes are only comparable within a run), this script
@@ -10,14 +10,17 @@ hashes are only comparable within a run), this script
    git-ignored, is copied in);
 2. trains the demo's digits model once (``bnn-export train --model digits --dataset
    digits --binarizer ste --epochs 2``, with the base code): one checkpoint for both sides;
-3. with each tree on ``PYTHONPATH``, writes the demo's four artifacts through the CLI
-   (``bnn-export convert``: tflite, onnx for onnxruntime, openvino, reference) and, through
+3. with each tree on ``PYTHONPATH`` (the base and the working tree, or ``--new REV``
+   checked out likewise, which keeps edits in progress out), writes the demo's four
+   artifacts through the CLI (``bnn-export convert``: tflite, onnx for onnxruntime,
+   openvino, reference) and, through
    ``graph_from_torch`` + ``to_onnx`` / the LCE converter, the files of fuzz models
    (tests/fuzz_models.py, derandomized), of a model with every op of the export graph and
    of fixed-seed resnet20 / vgg-small builds: three ONNX targets and a .tflite each;
 4. prints a table of sha256 per file and exits 1 if any file differs or is missing.
 
-``--emit OUT`` is the inner step (3) for the tree on ``PYTHONPATH``.
+``--emit OUT`` is the inner step (3) for the tree on ``PYTHONPATH``; ``--compare A B``
+the table of step 4 for two such folders.
 """
 
 from __future__ import annotations
@@ -172,85 +175,85 @@ def _digests(folder: Path) -> dict[str, str]:
     }
 
 
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _checkout(rev: str, dest: Path) -> Path:
+    """A worktree of ``rev`` with this checkout's native library (git-ignored) copied in."""
+    _git("worktree", "add", "--detach", "-f", str(dest), rev)
+    lib = ROOT / "bnn_export" / "runtime" / "_lib"
+    if lib.is_dir():
+        shutil.copytree(lib, dest / "bnn_export" / "runtime" / "_lib", dirs_exist_ok=True)
+    return dest
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="HEAD", help="git revision to compare with (HEAD)")
+    parser.add_argument(
+        "--new", help="git revision to compare (default: the working tree, as it is)"
+    )
     parser.add_argument("--keep", help="write the files here (default: a temp dir, removed)")
     parser.add_argument("--emit", help=argparse.SUPPRESS)
+    parser.add_argument("--compare", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.emit:
         _emit(Path(args.emit))
         return 0
-    rev = subprocess.run(
-        ["git", "rev-parse", "--short", args.base],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    if args.compare:
+        a, b = (Path(p) for p in args.compare)
+        return _report(_digests(a), _digests(b), a.name, b.name)
+    rev = _git("rev-parse", "--short", args.base)
+    new_label = _git("rev-parse", "--short", args.new) if args.new else "working tree"
     work = Path(args.keep or tempfile.mkdtemp(prefix="bnn-byte-check-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    base = work / "base-tree"
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", "-f", str(base), rev],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+    trees: list[Path] = []
     try:
-        lib = ROOT / "bnn_export" / "runtime" / "_lib"
-        if lib.is_dir():
-            shutil.copytree(lib, base / "bnn_export" / "runtime" / "_lib", dirs_exist_ok=True)
+        trees.append(_checkout(rev, work / "base-tree"))
+        trees.append(_checkout(args.new, work / "new-tree") if args.new else ROOT)
         ckpt = work / "digits-ste"
         print(f"training the digits checkpoint ({rev}) ...", flush=True)
-        _cli(
-            base,
-            "train",
-            "--model",
-            "digits",
-            "--dataset",
-            "digits",
-            "--binarizer",
-            "ste",
-            "--epochs",
-            "2",
-            "--seed",
-            "0",
-            "-o",
-            str(ckpt),
-        )
-        outs = {}
-        for label, tree in ((rev, base), ("working tree", ROOT)):
-            outs[label] = work / ("out-base" if tree == base else "out-work")
+        train = ["--model", "digits", "--dataset", "digits", "--binarizer", "ste"]
+        _cli(trees[0], "train", *train, "--epochs", "2", "--seed", "0", "-o", str(ckpt))
+        outs = []
+        for label, tree, out in zip((rev, new_label), trees, ("out-base", "out-new"), strict=True):
             print(f"converting with {label} ...", flush=True)
             subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--emit", str(outs[label])],
+                [sys.executable, str(Path(__file__).resolve()), "--emit", str(work / out)],
                 cwd=tree,
                 env={**_env(tree), "BYTE_CHECK_CHECKPOINT": str(ckpt)},
                 check=True,
             )
-        old, new = (_digests(outs[label]) for label in outs)
+            outs.append(_digests(work / out))
     finally:
-        subprocess.run(
-            ["git", "worktree", "remove", "--force", str(base)],
-            cwd=ROOT,
-            check=False,
-            capture_output=True,
-        )
+        for tree in trees:
+            if tree != ROOT:
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(tree)],
+                    cwd=ROOT,
+                    check=False,
+                    capture_output=True,
+                )
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    return _report(outs[0], outs[1], rev, new_label)
+
+
+def _report(old: dict[str, str], new: dict[str, str], old_label: str, new_label: str) -> int:
+    """A markdown table of the digests; 1 if any file differs or is missing."""
     names = sorted(old.keys() | new.keys())
     width = max(len(n) for n in names)
-    print(f"\n| {'file':<{width}} | {rev + ' sha256':<18} | {'working tree':<18} | same |")
-    print(f"|{'-' * (width + 2)}|{'-' * 20}|{'-' * 20}|------|")
+    print(f"\n| {'file':<{width}} | {old_label:<16} | {new_label:<16} | same |")
+    print(f"|{'-' * (width + 2)}|{'-' * 18}|{'-' * 18}|------|")
     bad = 0
     for n in names:
         a, b = old.get(n, "missing"), new.get(n, "missing")
         bad += a != b or a == "missing"
-        print(f"| {n:<{width}} | {a[:16]:<18} | {b[:16]:<18} | {'yes' if a == b else 'NO':<4} |")
-    print(
-        f"\n{len(names) - bad} of {len(names)} files identical" + (f", {bad} differ" if bad else "")
-    )
+        print(f"| {n:<{width}} | {a[:16]:<16} | {b[:16]:<16} | {'yes' if a == b else 'NO':<4} |")
+    summary = f"{len(names) - bad} of {len(names)} files identical (sha256)"
+    print(f"\n{summary}" + (f", {bad} differ" if bad else ""))
     return 1 if bad else 0
 
 
