@@ -194,6 +194,20 @@ def check_options_apply(models: list[ModelFile], device: Device, options: BenchO
             )
 
 
+def check_scoring_options(model: ModelFile, options: BenchOptions) -> None:
+    """Refuse accuracy options for a model that gets no accuracy (no test images)."""
+    for given, option in (
+        (options.reference is not None, "--reference"),
+        (options.max_eval is not None, "--max-eval"),
+    ):
+        if given:
+            raise BnnExportError(
+                f"{option} applies to the accuracy on a test split, and {str(model.path)!r} "
+                "records no dataset to score it on",
+                hint=f"pass --dataset (e.g. digits), or drop {option}",
+            )
+
+
 class EvalSets:
     """Eval images per (dataset, input shape), loaded once."""
 
@@ -371,12 +385,17 @@ def run_bench(
     device_info = functools.cache(device.info)  # probed once per command
     results = []
     try:
-        for model in models:
+        plan = []
+        for model in models:  # everything that can be refused, before any timing
             record = model_record(model)
             if record.get("input_shape") is None:
                 shape = input_shape_of(model)
                 record["input_shape"] = list(shape) if shape else None
             eval_set = evals.get(model, record)
+            if eval_set is None:
+                check_scoring_options(model, options)
+            plan.append((model, record, eval_set))
+        for model, record, eval_set in plan:
             _log(progress, f"bench: {model.path} on {device.describe()} ...")
             measured = measure(model, device, options, eval_set, device_info)
             accuracy = None

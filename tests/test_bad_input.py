@@ -212,13 +212,20 @@ def plain_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_tflite_without_lce_ops_inspects_and_benches(
-    plain_tflite: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    plain_tflite: Path,
+    files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["inspect", str(plain_tflite)]) == 0
     out = capsys.readouterr().out
     assert "CONV_2D" in out and "1-bit params: 0" in out
-    assert main(["bench", str(plain_tflite), *FAST_BENCH, "--json", str(tmp_path / "b.json")]) == 0
+    fast = ("--num-runs", "1", "--min-secs", "0", "--quiet")  # no dataset: no --max-eval
+    assert main(["bench", str(plain_tflite), *fast, "--json", str(tmp_path / "b.json")]) == 0
     assert (tmp_path / "b.json").is_file()
+    # accuracy options for a file with no dataset would be ignored: refused
+    for option in (("--max-eval", "8"), ("--reference", str(files["ckpt"]))):
+        cli_fails(capsys, "bench", str(plain_tflite), *fast, *option, match="records no dataset")
 
 
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, 0.99])
