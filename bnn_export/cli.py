@@ -117,6 +117,25 @@ def training_options(f: Any) -> Any:
 @training_options
 @click.option("--weight-decay", default=0.0, show_default=True, type=float)
 @click.option(
+    "--input-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Square input side the model is built for (default: the model's own, e.g. 224 for "
+    "birealnet18 / reactnet-a / quicknet); images are resized to it.",
+)
+@click.option(
+    "--num-classes",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Classifier outputs (default: the dataset's classes).",
+)
+@click.option(
+    "--width",
+    type=float,
+    default=None,
+    help="Channel multiplier for birealnet18, reactnet-a, quicknet (e.g. 0.25 for tests).",
+)
+@click.option(
     "--pad-value",
     default="1",
     show_default=True,
@@ -147,6 +166,9 @@ def train(
     seed: int,
     num_threads: int | None,
     weight_decay: float,
+    input_size: int | None,
+    num_classes: int | None,
+    width: float | None,
     pad_value: str,
     output: str | None,
     as_json: bool,
@@ -165,6 +187,13 @@ def train(
             "--num-threads sets PyTorch's intra-op threads; the Larq trainer does not take it",
             hint="drop --num-threads, or set TF_NUM_INTRAOP_THREADS for TensorFlow",
         )
+    if framework == "larq" and model_name in ARCHS and not ARCHS[model_name].larq:
+        raise BnnExportError(
+            f"model {model_name!r} is built in PyTorch only",
+            hint="train it with --framework torch (Larq models: "
+            + ", ".join(a for a, i in ARCHS.items() if i.larq)
+            + ")",
+        )
     config = binarizer_registry.get(
         binarizer,
         **binarizer_params(
@@ -172,7 +201,13 @@ def train(
         ),
     )
     data = load_dataset(dataset)
-    arch = arch_spec(model_name, num_classes=data.num_classes, pad_value=float(pad_value))
+    arch = arch_spec(
+        model_name,
+        num_classes=_num_classes(num_classes, data.num_classes),
+        input_shape=_input_shape(model_name, input_size),
+        pad_value=float(pad_value),
+        width=width,
+    )
     check_ratio_before_training(arch, config)
     if output is not None:
         check_writable(output)
@@ -201,6 +236,24 @@ def train(
         f"{metrics['test_accuracy']:.2%} after {epochs} epochs "
         f"({metrics['train_seconds']:.1f}s){where}",
     )
+
+
+def _num_classes(asked: int | None, in_data: int) -> int:
+    if asked is not None and asked < in_data:
+        raise BnnExportError(
+            f"--num-classes {asked} is fewer than the dataset's {in_data} classes",
+            hint=f"drop --num-classes, or give at least {in_data}",
+        )
+    return asked or in_data
+
+
+def _input_shape(model_name: str, size: int | None) -> tuple[int, int, int] | None:
+    """The model's default channels at ``size`` x ``size`` (None: its default shape)."""
+    if size is None:
+        return None
+    if model_name not in ARCHS:
+        raise unknown_name("model", model_name, ARCHS)
+    return (ARCHS[model_name].input_shape[0], size, size)
 
 
 @cli.command()

@@ -83,3 +83,25 @@ def test_width_is_refused_where_an_architecture_takes_none() -> None:
     with pytest.raises(bnn_export.BnnExportError, match="width must be"):
         arch_spec("quicknet", width=0.0)
     assert "width" not in arch_spec("resnet20")["kwargs"]  # recorded specs stay as they were
+
+
+def test_cli_trains_a_literature_model_at_a_given_width_size_and_classes(tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    out = tmp_path / "run"
+    proc = run_cli(
+        "train", "--model", "quicknet", "--width", "0.125", "--input-size", "32",
+        "--num-classes", "12", "--dataset", "digits", "--epochs", "1", "--quiet", "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    from bnn_export.checkpoint import load_checkpoint
+
+    kw = load_checkpoint(out).arch["kwargs"]
+    assert (kw["width"], kw["input_shape"], kw["num_classes"]) == (0.125, [3, 32, 32], 12)
+    for args, message in [
+        (("--model", "resnet20", "--width", "0.5"), "takes no width"),
+        (("--num-classes", "3"), "fewer than the dataset's 10"),
+        (("--framework", "larq", "--model", "quicknet"), "PyTorch only"),
+    ]:
+        proc = run_cli("train", *args, "--epochs", "1", "--quiet")
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
