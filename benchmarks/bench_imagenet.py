@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def time_runners(runners: dict[str, Runner], runs: int, lce_runs: int) -> dict[s
     x = np.random.default_rng(0).standard_normal((1, *runners["ours"].input_shape))
     x = x.astype(np.float32)
     calls: dict[str, Callable[[], object]] = {
-        r: (lambda runner=runner: runner.predict_one(x)) for r, runner in runners.items()
+        r: partial(runner.predict_one, x) for r, runner in runners.items()
     }
     lce = calls.pop("lce", None)
     ms = interleaved_median_ms(calls, runs)
