@@ -9,8 +9,7 @@ from typing import Any
 from bnn_export.binarizers import check_bit_ratio
 from bnn_export.bitratio import GRANULARITIES
 from bnn_export.errors import BnnExportError, unknown_name
-from bnn_export.fileio import atomic_path, check_writable
-from bnn_export.validate import Validation, count_check, parity_checks
+from bnn_export.fileio import check_writable
 
 FORMATS = ("tflite", "onnx")
 
@@ -101,32 +100,18 @@ def run_convert(
         from bnn_export.convert.tflite_pipeline import convert_tflite
 
         artifact, facts = convert_tflite(source)
-    check = Validation()
-    count_check(check, facts["binary_op"], facts["binary_layers"], facts["binary_ops"])
-    if facts.get("float_fallbacks"):
-        check.add(
-            "binary layers kept as exact float convs", True, ", ".join(facts["float_fallbacks"])
-        )
-    with atomic_path(output) as tmp:
-        tmp.write_bytes(artifact)
-        if validate and data is not None:
-            _log(
-                progress, f"validating on the {data.spec} test split ({len(data.y_test)} images)..."
-            )
-            from bnn_export.runtime.runners import open_runner
+    reference = None
+    if validate and data is not None:
+        _log(progress, f"validating on the {data.spec} test split ({len(data.y_test)} images)...")
+        reference = (data.x_test, data.y_test, _reference_logits(source, data.x_test))
+    from bnn_export.convert.export_flow import write_verified
 
-            runner = open_runner(tmp)  # the kind is read from the content
-            logits = runner.predict(data.x_test)
-            reference = _reference_logits(source, data.x_test)
-            parity_checks(check, logits, reference, data.y_test)
-            if "runtime_ops" in runner.info:
-                check.numbers["runtime_ops"] = runner.info["runtime_ops"]
-        if not check.ok:
-            raise BnnExportError(
-                "the converted model failed verification; nothing was written:\n"
-                + check.checklist(),
-                hint="rerun with --debug, or --no-validate to keep an unverified file",
-            )
+    check = write_verified(output, artifact, facts, reference)
+    if not check.ok:
+        raise BnnExportError(
+            "the converted model failed verification; nothing was written:\n" + check.checklist(),
+            hint="rerun with --debug, or --no-validate to keep an unverified file",
+        )
     size = Path(output).stat().st_size
     summary = "\n".join([check.checklist(), f"wrote {output} ({size:,} bytes)"])
     return {

@@ -36,8 +36,6 @@ def write_verified(
     artifact: bytes,
     facts: dict[str, Any],
     reference: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-    *,
-    log: Any = None,
 ) -> Validation:
     """Check ``artifact`` and write it to ``output`` atomically when every check passes.
 
@@ -59,8 +57,6 @@ def write_verified(
                 from bnn_export.runtime.runners import open_runner
 
                 x, labels, expected = reference
-                if log is not None:
-                    log(f"validating on {len(labels)} images...")
                 runner = open_runner(tmp)  # the kind is read from the content
                 parity_checks(check, runner.predict(x), expected, labels)
                 if "runtime_ops" in runner.info:
