@@ -18,7 +18,9 @@ from torch.nn import functional as F
 
 from bnn_export.binarizers import BinarizerConfig
 from bnn_export.convert.graph import Graph, Node
+from bnn_export.convert.ops.pooling import pool_output_size
 from bnn_export.geometry import conv_output_size
+from bnn_export.models.blocks import RPReLU, RSign
 from bnn_export.models.evaluation import recalibrate_batchnorm
 from bnn_export.models.layers import BinaryConv2d, BinaryLinear
 from tests.test_onnx_export import CONFIGS
@@ -40,8 +42,13 @@ class BlockSpec:
     groups: int
     pad_value: float
     residual: bool
-    pool: str  # "none" | "max" | "avg"
+    pool: str  # a key of POOLS
     binary: bool = True
+    # issue 13's ops (defaults: the block as before)
+    rsign: bool = False  # an RSign before the binary conv (binarizers in PLAIN_SIGN)
+    act: str = "none"  # after the batch norm: a key of ACTS
+    scale: bool = False  # then y * per-channel buffer + 0.125
+    cat: bool = False  # then torch.cat([y, x], dim=1) (same resolution only)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,41 @@ class ModelSpec:
 
 def _out(h: int, k: int, s: int, p: int, d: int) -> int:
     return conv_output_size(h, k, s, p, p, d)
+
+
+#: pooling after a block: (kernel, stride, padding, ceil_mode, count_include_pad)
+POOLS: dict[str, tuple[int, int, int, bool, bool] | None] = {
+    "none": None,
+    "max": (2, 2, 0, False, True),
+    "avg": (2, 2, 0, False, True),
+    "max3p": (3, 2, 1, False, True),  # Bi-Real Net's / QuickNet's stem pooling
+    "avg3p": (3, 2, 1, False, True),
+    "avg3px": (3, 2, 1, False, False),  # count_include_pad=False
+    "maxceil": (2, 2, 0, True, True),  # a last partial window on odd maps
+    "avgceil": (3, 2, 1, True, False),
+}
+#: activations after a block's batch norm
+ACTS = ("none", "prelu", "prelu-shared", "relu6", "rprelu")
+#: binarizers whose activation is a plain sign: an RSign before their layers is fused
+PLAIN_SIGN = ("equal_bits", "gwt", "irnet", "ste")
+
+
+def _pool_out(h: int, pool: str) -> int:
+    geometry = POOLS[pool]
+    if geometry is None:
+        return h
+    k, s, p, ceil, _ = geometry
+    return pool_output_size(h, k, s, p, ceil)
+
+
+def _pool_module(pool: str) -> nn.Module:
+    geometry = POOLS[pool]
+    if geometry is None:
+        return nn.Identity()
+    k, s, p, ceil, include = geometry
+    if pool.startswith("max"):
+        return nn.MaxPool2d(k, s, p, ceil_mode=ceil)
+    return nn.AvgPool2d(k, s, p, ceil_mode=ceil, count_include_pad=include)
 
 
 @st.composite
@@ -91,9 +133,14 @@ def model_specs(draw: st.DrawFn) -> ModelSpec:
         residual = stride == 1 and (same or kernel == 1) and out == channels and draw(st.booleans())
         binary = draw(st.integers(0, 5)) > 0  # 1 in 6 blocks: a float conv mid-network
         h = _out(h, kernel, stride, pad, dilation)
-        pool = draw(st.sampled_from(["none", "max", "avg"])) if h >= 4 else "none"
-        if pool != "none":
-            h = (h - 2) // 2 + 1
+        pool = draw(st.sampled_from(list(POOLS))) if h >= 4 else "none"
+        h = _pool_out(h, pool)
+        pad_value = draw(st.sampled_from([0.0, 1.0]))
+        rsign = binary and draw(st.booleans())
+        act = draw(st.sampled_from(ACTS))
+        scale = draw(st.integers(0, 3)) == 0
+        keeps_size = stride == 1 and (same or kernel == 1)
+        cat = keeps_size and out + channels <= 96 and draw(st.integers(0, 3)) == 0
         blocks.append(
             BlockSpec(
                 out,
@@ -102,13 +149,17 @@ def model_specs(draw: st.DrawFn) -> ModelSpec:
                 dilation,
                 same,
                 groups,
-                draw(st.sampled_from([0.0, 1.0])),
+                pad_value,
                 residual,
                 pool,
                 binary,
-            )
+                rsign,
+                act,
+                scale,
+                cat,
+            )  # fmt: skip
         )
-        channels = out
+        channels = out + channels if cat else out
     return ModelSpec(
         in_channels=in_channels,
         size=size,
@@ -125,8 +176,28 @@ def model_specs(draw: st.DrawFn) -> ModelSpec:
 
 
 class Block(nn.Module):
-    def __init__(self, cin: int, b: BlockSpec, config: BinarizerConfig) -> None:
+    def __init__(
+        self, cin: int, b: BlockSpec, config: BinarizerConfig, plain_sign: bool = False
+    ) -> None:
         super().__init__()
+        self.rsign = RSign(cin) if b.rsign and b.binary and plain_sign else None
+        if self.rsign is not None:
+            with torch.no_grad():
+                self.rsign.threshold.uniform_(-0.5, 0.5)
+        self.act: nn.Module = {
+            "none": nn.Identity(),
+            "prelu": nn.PReLU(b.out),
+            "prelu-shared": nn.PReLU(),
+            "relu6": nn.ReLU6(),
+            "rprelu": RPReLU(b.out),
+        }[b.act]
+        if isinstance(self.act, nn.PReLU | RPReLU):
+            with torch.no_grad():
+                for prm in self.act.parameters():
+                    prm.uniform_(-0.5, 0.5)
+        self.use_scale, self.cat = b.scale, b.cat
+        if b.scale:
+            self.register_buffer("scale", torch.linspace(0.5, 1.5, b.out))
         pad = b.dilation * (b.kernel - 1) // 2 if b.same else 0
         self.conv: nn.Module
         if b.binary:
@@ -153,16 +224,17 @@ class Block(nn.Module):
             )
         self.bn = nn.BatchNorm2d(b.out)
         self.residual = b.residual
-        self.pool: nn.Module = {
-            "none": nn.Identity(),
-            "max": nn.MaxPool2d(2),
-            "avg": nn.AvgPool2d(2),
-        }[b.pool]
+        self.pool: nn.Module = _pool_module(b.pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn(self.conv(x))
+        y = self.bn(self.conv(x if self.rsign is None else self.rsign(x)))
+        y = self.act(y)
+        if self.use_scale:
+            y = y * self.scale.view(1, -1, 1, 1) + 0.125
         if self.residual:
             y = y + x
+        if self.cat:
+            y = torch.cat([y, x], dim=1)
         return self.pool(y)
 
 
@@ -181,11 +253,10 @@ class FuzzNet(nn.Module):
         blocks, channels = [], spec.stem
         h = _out(spec.size, spec.stem_kernel, spec.stem_stride, spec.stem_padding, 1)
         for b in spec.blocks:
-            blocks.append(Block(channels, b, config))
+            blocks.append(Block(channels, b, config, spec.binarizer in PLAIN_SIGN))
             pad = b.dilation * (b.kernel - 1) // 2 if b.same else 0
-            h = _out(h, b.kernel, b.stride, pad, b.dilation)
-            h = h if b.pool == "none" else (h - 2) // 2 + 1
-            channels = b.out
+            h = _pool_out(_out(h, b.kernel, b.stride, pad, b.dilation), b.pool)
+            channels = b.out + channels if b.cat else b.out
         self.blocks = nn.Sequential(*blocks)
         self.head: nn.Module
         if spec.head == "gap":

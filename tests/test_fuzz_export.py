@@ -25,6 +25,9 @@ from bnn_export.convert.tflite_pipeline import LceServer
 from bnn_export.errors import BnnExportError
 from bnn_export.runtime.runners import LceRunner, OnnxRuntimeRunner, OpenVinoRunner
 from tests.fuzz_models import (
+    ACTS,
+    PLAIN_SIGN,
+    POOLS,
     BlockSpec,
     ExactAccumulators,
     ModelSpec,
@@ -219,7 +222,8 @@ def test_generator_covers_the_layer_set() -> None:
     seen: dict[str, set[object]] = {k: set() for k in
                                     ("kernel", "stride", "dilation", "groups", "pad_value",
                                      "residual", "pool", "binary", "head", "binarizer",
-                                     "odd_channels", "stem", "float_strided_padded")}  # fmt: skip
+                                     "odd_channels", "stem", "float_strided_padded", "rsign",
+                                     "act", "scale", "cat")}  # fmt: skip
 
     @settings(max_examples=300, derandomize=True, deadline=None, database=None)
     @given(spec=model_specs())
@@ -232,9 +236,11 @@ def test_generator_covers_the_layer_set() -> None:
         for b in spec.blocks:
             assert isinstance(b, BlockSpec)
             for k in ("kernel", "stride", "dilation", "groups", "pad_value", "residual", "pool",
-                      "binary"):  # fmt: skip
+                      "binary", "act", "scale", "cat"):  # fmt: skip
                 seen[k].add(getattr(b, k))
             seen["odd_channels"].add(b.out % 32 != 0)
+            if b.rsign and b.binary and spec.binarizer in PLAIN_SIGN:
+                seen["rsign"].add(True)
             if not b.binary and b.stride > 1 and b.same and b.kernel > 1:
                 seen["float_strided_padded"].add("mid")
 
@@ -242,7 +248,11 @@ def test_generator_covers_the_layer_set() -> None:
     assert seen["kernel"] == {1, 3, 5} and seen["stride"] == {1, 2}
     assert seen["dilation"] == {1, 2} and {1, 2, 3, 4} <= seen["groups"]
     assert seen["pad_value"] == {0.0, 1.0} and seen["residual"] == {True, False}
-    assert seen["pool"] == {"none", "max", "avg"} and seen["head"] == {"gap", "blinear"}
+    assert seen["pool"] == set(POOLS) and seen["head"] == {"gap", "blinear"}
+    # issue 13's ops: an RSign fused into a binary conv, PReLU / RPReLU / ReLU6, scaling by
+    # a per-channel buffer, concatenation on channels, padded and ceil-mode pooling
+    assert seen["act"] == set(ACTS) and seen["rsign"] == {True}
+    assert seen["scale"] == {True, False} and seen["cat"] == {True, False}
     assert len(seen["binarizer"]) == 7 and True in seen["odd_channels"]
     # every float stem: kernel 1/3/5 x stride 1/2 x padding 0..k//2; float convs mid-network
     assert seen["stem"] == {(k, s, p) for k in (1, 3, 5) for s in (1, 2) for p in range(k // 2 + 1)}

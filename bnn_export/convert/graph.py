@@ -106,7 +106,7 @@ def _module_op(name: str, m: nn.Module) -> tuple[Op[Any], Any]:
             return op, attrs
     raise BnnExportError(
         f"layer {name!r} of type {type(m).__name__} cannot be exported",
-        hint="supported: " + ", ".join(op.pattern for op in OPS.values() if op.modules),
+        hint="supported: " + ", ".join(op.pattern for op in OPS.values() if op.pattern),
     )
 
 
@@ -138,7 +138,7 @@ def _where(n: fx.Node) -> str:
         if line.startswith("File ") and "/torch/" not in line:
             code = lines[i + 1].strip() if i + 1 < len(lines) else ""
             loc = line.removeprefix("File ").replace('"', "")
-            parts.append(f"at {loc}" + (f": {code}" if code else ""))
+            parts.append(f"at {loc}" + (f": `{code}`" if code else ""))
             break
     return " ".join(parts)
 

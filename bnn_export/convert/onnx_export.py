@@ -74,6 +74,8 @@ class OnnxEmitter:
         self.inits: list[onnx.TensorProto] = []
         self.used_domains: set[str] = set()
         self.extra_outputs: list[tuple[str, list[Any]]] = []
+        #: (input tensor, activation) -> binary layers binarizing it so far (openvino)
+        self.binarized_uses: dict[tuple[str, str, bytes | None], int] = {}
 
     def input(self, node: Node, i: int = 0) -> str:
         """Tensor name of the node's ``i``-th input."""

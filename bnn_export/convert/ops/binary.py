@@ -212,9 +212,22 @@ class BinaryOp(Op[Any]):
                 # fuses FakeQuantize -> Conv into BinaryConvolution, but not FakeQuantize ->
                 # Pad -> Conv (found by the fuzz suite's runtime-op check)
                 x = pad_with_ones(x, "padded_input")
+            # OpenVINO merges identical FakeQuantize chains (two binary layers binarizing
+            # the same tensor the same way: ReActNet's doubled 1x1 convs after one RSign),
+            # and a FakeQuantize with two consumers is not fused into BinaryConvolution;
+            # the k-th such layer gets a range wider by k * 2^-21 on both sides: the same
+            # midpoint (threshold), exactly, and a chain of its own
+            act = self.attrs(node).activation
+            key = (
+                e.input(node),
+                act.kind,
+                None if act.threshold is None else act.threshold.tobytes(),
+            )
+            k = e.binarized_uses.get(key, 0)
+            e.binarized_uses[key] = k + 1
             lo, hi = (
-                e.const(f"{name}_fq_in_lo", np.float32(OPENVINO_FQ_LOW)),
-                e.const(f"{name}_fq_in_hi", np.float32(OPENVINO_FQ_HIGH)),
+                e.const(f"{name}_fq_in_lo", np.float32(OPENVINO_FQ_LOW - k * 2.0**-21)),
+                e.const(f"{name}_fq_in_hi", np.float32(OPENVINO_FQ_HIGH + k * 2.0**-21)),
             )
             olo, ohi = (
                 e.const(f"{name}_fq_out_lo", np.float32(-1)),

@@ -1,0 +1,409 @@
+"""The ops of the literature's BNNs (issue 13, part 2) through every target: per op, small
+models exported to ONNX (onnxruntime, openvino, reference) and TFLite (one LCE child for
+all) against PyTorch; the three zoo architectures (Bi-Real Net-18, ReActNet-A, QuickNet)
+with every binary layer a binary op and CPU-independent parity; and refusals that name
+what they refuse, before anything is written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bnn_export.binarizers import get
+from bnn_export.convert.graph import Graph, graph_from_torch
+from bnn_export.convert.onnx_export import openvino_float_layers, to_onnx
+from bnn_export.convert.tflite_pipeline import LceServer
+from bnn_export.datasets import load_dataset
+from bnn_export.errors import BnnExportError
+from bnn_export.models import arch_spec
+from bnn_export.models.blocks import RPReLU, RSign
+from bnn_export.models.evaluation import recalibrate_batchnorm
+from bnn_export.models.layers import BinaryConv2d, BinaryLinear
+from bnn_export.models.torch_build import build_torch_model
+from bnn_export.runtime.runners import LceRunner, OnnxRuntimeRunner, OpenVinoRunner
+from tests.fuzz_models import check_parity, reference
+from tests.test_onnx_export import _check_export
+
+STE = get("ste")
+
+
+class Case(nn.Module):
+    """``fn(self, x)`` as a model, with the submodules it uses; the output flattened to
+    [N, F] (PyTorch's C, H, W order) so every runtime's output compares directly."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], **modules: Any) -> None:
+        super().__init__()
+        self.fn = fn
+        for name, m in modules.items():
+            if isinstance(m, nn.Module):
+                self.add_module(name, m)
+            else:
+                self.register_buffer(name, m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.fn(self, x), 1)  # the identity on [N, F]
+
+
+def _param(*shape: int, seed: int = 0) -> nn.Parameter:
+    g = torch.Generator().manual_seed(seed)
+    return nn.Parameter(torch.rand(*shape, generator=g) * 2 - 0.5)
+
+
+def _rsign(c: int) -> RSign:
+    m = RSign(c)
+    with torch.no_grad():
+        m.threshold.copy_(torch.linspace(-0.5, 0.5, c))
+    return m
+
+
+def _rprelu(c: int) -> RPReLU:
+    m = RPReLU(c)
+    with torch.no_grad():
+        m.gamma.copy_(torch.linspace(-0.3, 0.3, c))
+        m.zeta.copy_(torch.linspace(0.2, -0.2, c))
+        m.prelu.weight.copy_(torch.linspace(-0.5, 0.8, c))
+    return m
+
+
+def _bconv(cin: int, cout: int, k: int = 3, **kw: Any) -> BinaryConv2d:
+    torch.manual_seed(cin * 100 + cout)
+    return BinaryConv2d(cin, cout, k, binarizer=STE, padding=k // 2, **kw)
+
+
+#: name -> (model, input shape (C, H, W)): each op of part 2, in its variants
+CASES: dict[str, tuple[nn.Module, tuple[int, int, int]]] = {
+    # pooling: max pads with -inf (the inputs are negative too), ceil_mode's extra window
+    "maxpool-3-2-pad1": (Case(lambda s, x: s.p(x), p=nn.MaxPool2d(3, 2, padding=1)), (8, 8, 8)),
+    "maxpool-3-2-pad1-odd": (Case(lambda s, x: s.p(x), p=nn.MaxPool2d(3, 2, 1)), (8, 7, 7)),
+    "maxpool-ceil": (
+        Case(lambda s, x: s.p(x), p=nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)),
+        (4, 8, 8),
+    ),
+    "maxpool-2-ceil-odd": (Case(lambda s, x: s.p(x), p=nn.MaxPool2d(2, ceil_mode=True)), (4, 7, 7)),
+    "avgpool-pad-include": (Case(lambda s, x: s.p(x), p=nn.AvgPool2d(3, 2, 1)), (4, 8, 8)),
+    "avgpool-pad-exclude": (
+        Case(lambda s, x: s.p(x), p=nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
+        (4, 8, 8),
+    ),
+    "avgpool-ceil-include": (
+        Case(lambda s, x: s.p(x), p=nn.AvgPool2d(3, 2, 1, ceil_mode=True)),
+        (4, 8, 8),
+    ),
+    "avgpool-ceil-exclude": (
+        Case(lambda s, x: s.p(x), p=nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)),
+        (4, 8, 8),
+    ),
+    "avgpool-2-ceil-odd": (Case(lambda s, x: s.p(x), p=nn.AvgPool2d(2, ceil_mode=True)), (4, 7, 7)),
+    # activations
+    "prelu-shared": (Case(lambda s, x: s.a(x), a=nn.PReLU(init=0.1)), (4, 5, 5)),
+    "prelu-per-channel": (Case(lambda s, x: s.a(x), a=nn.PReLU(4, init=0.3)), (4, 5, 5)),
+    "prelu-after-flatten": (
+        Case(lambda s, x: s.a(torch.flatten(x, 1)), a=nn.PReLU(1, init=-0.2)),
+        (2, 3, 3),
+    ),
+    "rprelu": (Case(lambda s, x: s.a(x), a=_rprelu(4)), (4, 5, 5)),
+    "relu-functional": (Case(lambda s, x: F.relu(x) + torch.relu(x * 2) + x.relu()), (3, 4, 4)),
+    "relu6-hardtanh-clamp": (
+        Case(
+            lambda s, x: s.r6(x * 8) + s.ht(x) + F.hardtanh(x, -0.2, 0.4) + x.clamp(-0.1, 0.7),
+            r6=nn.ReLU6(),
+            ht=nn.Hardtanh(-0.5, 0.25),
+        ),
+        (3, 4, 4),
+    ),  # fmt: skip
+    "dropout": (
+        Case(lambda s, x: F.dropout(s.d(x), 0.3, training=s.training), d=nn.Dropout(0.5)),
+        (3, 4, 4),
+    ),
+    "softmax-module": (
+        Case(
+            lambda s, x: s.sm(s.fc(torch.flatten(x, 1))), fc=nn.Linear(48, 10), sm=nn.Softmax(dim=1)
+        ),
+        (3, 4, 4),
+    ),  # fmt: skip
+    "softmax-functional": (Case(lambda s, x: F.softmax(x.mean((2, 3)), 1)), (6, 4, 4)),
+    # structure
+    "cat-channels": (
+        Case(lambda s, x: torch.cat([x, s.c(x), x * 2], dim=1), c=nn.Conv2d(3, 5, 3, padding=1)),
+        (3, 6, 6),
+    ),
+    "mean-spatial": (
+        Case(lambda s, x: x.mean((2, 3)) + x.mean(dim=(-1, -2), keepdim=True).flatten(1)),
+        (5, 4, 4),
+    ),
+    "adaptive-avgpool": (
+        Case(lambda s, x: F.adaptive_avg_pool2d(x, 1) + s.g(x), g=nn.AdaptiveAvgPool2d(1)),
+        (5, 4, 4),
+    ),
+    "view-reshape-flatten": (
+        Case(
+            lambda s, x: (
+                s.fc(x.view(x.size(0), -1))
+                + s.fc(x.reshape(-1, 27))
+                + s.fc(x.flatten(1))
+                + s.fc(torch.reshape(x, (x.shape[0], -1)))
+            ),
+            fc=nn.Linear(27, 4),
+        ),
+        (3, 3, 3),
+    ),  # fmt: skip
+    "const-arith": (
+        Case(
+            lambda s, x: (
+                (x * s.scale.view(1, -1, 1, 1) + s.shift[None, :, None, None] - 0.25) / 3 * 2
+                + (1 - x)
+                + s.w.reshape(1, 3, 1, 1) * x
+            ),
+            scale=torch.linspace(0.5, 2.0, 3),
+            shift=torch.linspace(-1, 1, 3),
+            w=_param(3),
+        ),
+        (3, 4, 4),
+    ),  # fmt: skip
+    "const-arith-features": (
+        Case(lambda s, x: torch.flatten(x, 1) * s.scale + 0.5, scale=torch.linspace(0.5, 2, 12)),
+        (3, 2, 2),
+    ),
+    # float convs: depthwise (and with a channel multiplier), grouped
+    "depthwise-conv": (
+        Case(
+            lambda s, x: s.dw2(s.dw(x)),
+            dw=nn.Conv2d(6, 6, 3, padding=1, groups=6),
+            dw2=nn.Conv2d(6, 12, 3, stride=2, padding=1, groups=6, bias=False),
+        ),
+        (6, 8, 8),
+    ),  # fmt: skip
+    "grouped-conv": (
+        Case(lambda s, x: s.g(x), g=nn.Conv2d(6, 9, 3, padding=1, groups=3)),
+        (6, 6, 6),
+    ),
+    # ReActNet's RSign, fused into the binary layers it feeds (a threshold, no node)
+    "rsign-bconv": (
+        Case(
+            lambda s, x: s.b1(s.rs(x)) + s.b2(s.rs(x)),
+            rs=_rsign(8),
+            b1=_bconv(8, 8),
+            b2=_bconv(8, 8, 1),
+        ),
+        (8, 6, 6),
+    ),  # fmt: skip
+    "rsign-blinear": (
+        Case(
+            lambda s, x: s.bl(s.rs(torch.flatten(x, 1))),
+            rs=_rsign(32),
+            bl=BinaryLinear(32, 8, binarizer=STE),
+        ),
+        (2, 4, 4),
+    ),  # fmt: skip
+}
+
+
+def _x(shape: tuple[int, int, int], n: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, *shape)).astype(np.float32)
+
+
+def _torch(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def _close(got: np.ndarray, ref: np.ndarray, what: str) -> None:
+    assert got.shape == ref.shape, f"{what}: {got.shape} != {ref.shape}"
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()),
+                               err_msg=what)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lce() -> Iterator[LceServer]:
+    with LceServer() as server:
+        yield server
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_op_onnx_matches_pytorch(case: str) -> None:
+    model, shape = CASES[case]
+    x = _x(shape)
+    ref = _torch(model, x)
+    graph = graph_from_torch(model, shape)
+    assert "rsign" not in {n.op for n in graph.nodes}
+    for target in ("onnxruntime", "reference", "openvino"):
+        data = to_onnx(graph, target=target).SerializeToString()
+        runner = OpenVinoRunner(data) if target == "openvino" else OnnxRuntimeRunner(data)
+        _close(runner.predict(x), ref, f"{case}: onnx/{target}")
+        if target == "onnxruntime" and graph.binary_nodes():
+            ops = [n.op_type for n in to_onnx(graph, target=target).graph.node]
+            assert ops.count("BinaryConv2d") == len(graph.binary_nodes()), ops
+
+
+def test_ops_tflite_match_pytorch(lce: LceServer) -> None:
+    """Every case through one LCE child: LceBconv2d for every binary layer, outputs as
+    PyTorch's."""
+    failures = []
+    for case, (model, shape) in CASES.items():
+        x = _x(shape)
+        ref = _torch(model, x)
+        graph = graph_from_torch(model, shape)
+        try:
+            data, facts = lce.convert(graph)
+            assert facts["binary_ops"] == facts["binary_layers"] == len(graph.binary_nodes()), facts
+            _close(LceRunner(data).predict(x), ref, f"{case}: tflite")
+        except (AssertionError, BnnExportError) as exc:
+            failures.append(f"{case}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
+def test_rsign_becomes_the_threshold_of_its_binary_layers() -> None:
+    model, shape = CASES["rsign-bconv"]
+    graph = graph_from_torch(model, shape)
+    assert [n.op for n in graph.nodes] == ["input", "bconv", "bconv", "add", "flatten"]
+    threshold = model.rs.threshold.detach().numpy()
+    for n in graph.binary_nodes():
+        assert n.inputs == ["x"]
+        assert n.attrs.activation.kind == "threshold"
+        np.testing.assert_array_equal(n.attrs.activation.threshold, threshold)
+
+
+# ------------------------------------------------------------------ the zoo architectures
+
+ZOO = {"birealnet18": 16, "reactnet-a": 31, "quicknet": 16}
+SHAPE = (1, 64, 64)
+
+
+@cache
+def _digits64() -> tuple[np.ndarray, np.ndarray]:
+    d = load_dataset("digits").adapted(SHAPE)
+    return d.x_train[:256], d.x_test[:48]
+
+
+@cache
+def _zoo(name: str) -> tuple[nn.Module, Graph]:
+    """Random weights, RSign thresholds and RPReLU terms; batch norm re-estimated on real
+    digits images (64x64), so every layer sees realistic values."""
+    model = build_torch_model(arch_spec(name, input_shape=SHAPE, width=0.25), STE, seed=3)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, RSign):
+                m.threshold.uniform_(-0.3, 0.3, generator=g)
+            if isinstance(m, RPReLU):
+                m.gamma.uniform_(-0.3, 0.3, generator=g)
+                m.zeta.uniform_(-0.3, 0.3, generator=g)
+                m.prelu.weight.uniform_(-0.2, 0.6, generator=g)
+    x_train, _ = _digits64()
+    recalibrate_batchnorm(model, x_train)
+    model.eval()
+    return model, graph_from_torch(model, SHAPE)
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_onnx_every_binary_layer_is_binary_and_matches(name: str) -> None:
+    model, graph = _zoo(name)
+    _, x = _digits64()
+    assert len(graph.binary_nodes()) == ZOO[name]
+    ops = [n.op_type for n in to_onnx(graph, target="onnxruntime").graph.node]
+    assert ops.count("BinaryConv2d") == ZOO[name]
+    if name == "reactnet-a":  # every RSign fused: its threshold is the binary layers'
+        assert all(n.attrs.activation.kind == "threshold" for n in graph.binary_nodes())
+    for target in ("onnxruntime", "openvino", "reference"):
+        _check_export(model, graph, x, target)  # exact accumulators, signs, logits
+    runner = OpenVinoRunner(to_onnx(graph, target="openvino").SerializeToString())
+    binary = ZOO[name] - len(openvino_float_layers(graph))
+    assert runner.info["runtime_ops"].get("BinaryConvolution", 0) == binary
+    assert binary == ZOO[name]  # width 0.25: every layer's channels a multiple of 8
+
+
+def test_zoo_tflite_every_binary_layer_is_lce_bconv_and_matches(lce: LceServer) -> None:
+    """Each architecture: LceBconv2d for every binary layer, logits as PyTorch's
+    (tests/fuzz_models.py check_parity: LCE exposes no accumulators, so samples that
+    float32 and float64 PyTorch already disagree on are skipped, and a rounding flip at 0
+    may move at most max(1, 10%) of the others)."""
+    _, x = _digits64()
+    for name in ZOO:
+        model, graph = _zoo(name)
+        data, facts = lce.convert(graph)
+        assert facts["binary_ops"] == facts["binary_layers"] == ZOO[name], (name, facts)
+        assert not facts["float_fallbacks"], facts
+        ref32, ref64 = reference(model, x)
+        check_parity(LceRunner(data).predict(x), ref32, ref64, f"{name}: tflite")
+
+
+# ------------------------------------------------------------------ refusals
+
+
+class _Model(nn.Module):
+    def __init__(self, fn: Callable[..., torch.Tensor], **modules: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+        self.block = nn.Module()
+        for k, m in modules.items():
+            self.block.add_module(k, m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.block, x)
+
+
+class _Inner(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x) * x
+
+
+REFUSALS: dict[str, tuple[nn.Module, str]] = {
+    "function-with-module-path": (
+        nn.Sequential(nn.Conv2d(2, 4, 3), nn.Sequential(nn.Identity(), _Inner())),
+        r"torch.sigmoid \(sigmoid\) in module '1.1' \(_Inner\) at .*test_export_ops.py.*"
+        r"torch.sigmoid\(x\) \* x` cannot be exported",
+    ),
+    "module": (nn.Sequential(nn.Conv2d(2, 4, 3), nn.GELU()), "layer '1' of type GELU"),
+    "rsign-into-float": (
+        _Model(lambda b, x: b.c(b.rs(x)), rs=RSign(2), c=nn.Conv2d(2, 2, 1)),
+        "RSign 'block.rs' feeds 'block.c' .*not a binary layer",
+    ),
+    "rsign-into-non-sign-binarizer": (
+        _Model(
+            lambda b, x: b.c(b.rs(x)), rs=RSign(2), c=BinaryConv2d(2, 2, 1, binarizer=get("siman"))
+        ),
+        "RSign 'block.rs' feeds binary layer 'block.c', whose binarizer's activation is 'center'",
+    ),  # fmt: skip
+    "rsign-output": (_Model(lambda b, x: b.rs(x), rs=RSign(2)), "RSign 'block.rs' is the model"),
+    "cat-on-width": (
+        _Model(lambda b, x: torch.cat([x, x], dim=3)),
+        r"torch.cat in the model's forward at .* only concatenation on channels \(dim=1\)",
+    ),
+    "mean-over-channels": (
+        _Model(lambda b, x: x.mean(1)),
+        r"Tensor.mean .* only the mean over the spatial axes",
+    ),
+    "view-keeping-batch-1": (
+        _Model(lambda b, x: x.view(1, -1)),
+        r"Tensor.view .* only a reshape to \[N, 50\]",
+    ),
+    "mul-by-a-map": (
+        _Model(lambda b, x: x * torch.ones(1, 1, 5, 5)),
+        r"operator.mul .* only a scalar or a per-channel constant",
+    ),
+    "mul-of-two-tensors": (
+        _Model(lambda b, x: x * x.mean((2, 3), keepdim=True)),
+        r"operator.mul .* cannot be",
+    ),
+    "flatten-batch": (_Model(lambda b, x: torch.flatten(x)), "only flattening dims 1"),
+    "softmax-spatial": (_Model(lambda b, x: F.softmax(x, dim=2)), "only over channels"),
+    "dropout-training": (_Model(lambda b, x: F.dropout(x, 0.5, training=True)), "training mode"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_unsupported_ops_are_refused_by_name(case: str) -> None:
+    model, message = REFUSALS[case]
+    with pytest.raises(BnnExportError, match=message) as err:
+        graph_from_torch(model, (2, 5, 5))
+    if case in ("function-with-module-path", "module", "mul-of-two-tensors"):
+        # an op outside the table: the supported list
+        assert "torch.cat" in str(err.value.hint) and "PReLU" in str(err.value.hint)
