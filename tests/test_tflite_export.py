@@ -19,7 +19,42 @@ from bnn_export.models.evaluation import predict
 from bnn_export.models.torch_build import torch_state
 from bnn_export.runtime.runners import LceRunner
 from tests.conftest import run_cli
-from tests.test_onnx_export import CONFIGS, _agreement, _digits, _model
+from tests.test_onnx_export import CONFIGS, LOGIT_RTOL, SIGN_RTOL, _digits, _model
+
+
+def _assert_lce_matches(model: torch.nn.Module, got: np.ndarray, x: np.ndarray) -> None:
+    """LCE's logits equal torch's, except on samples that float32 rounding can change.
+
+    LCE's interpreter exposes no intermediate tensors, so the value every binary layer
+    takes the sign of is read from our ONNX export of the same graph
+    (``accumulators=True``). A sample whose logits differ from torch's beyond float32
+    rounding of the float layers must have such a value within rounding of 0 (SIGN_RTOL
+    of the layer's largest, as in tests/test_onnx_export.py): there another CPU's float
+    kernels may binarize it the other way. Which samples flip depends on the CPU; that
+    only near-zero samples may differ does not. A real conversion bug moves samples far
+    from 0 too, and most samples: at least half must match.
+    """
+    from bnn_export.convert.graph import graph_from_torch
+    from bnn_export.convert.onnx_export import to_onnx
+    from bnn_export.runtime.runners import OnnxRuntimeRunner
+
+    graph = graph_from_torch(model, tuple(x.shape[1:]))  # type: ignore[arg-type]
+    proto = to_onnx(graph, target="onnxruntime", accumulators=True)
+    out = OnnxRuntimeRunner(proto.SerializeToString()).outputs(x)
+    near_zero = np.zeros(len(x), dtype=bool)
+    for node in graph.binary_nodes():
+        values = np.abs(out[f"{node.name}_binput"].reshape(len(x), -1))
+        near_zero |= (values <= SIGN_RTOL * values.max(axis=1, keepdims=True)).any(axis=1)
+    ref = predict(model, x)
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    tol = LOGIT_RTOL * max(1.0, float(np.abs(ref).max()))
+    differ = np.abs(got - ref).max(axis=1) > tol
+    far = np.flatnonzero(differ & ~near_zero)
+    assert far.size == 0, (
+        f"{far.size} samples differ from torch with every binarized value far from 0, "
+        f"e.g. sample {far[:1]}: max |diff| {np.abs(got - ref)[far[:1]].max():.3g} (tol {tol:.3g})"
+    )
+    assert differ.sum() <= len(x) / 2, f"{int(differ.sum())} of {len(x)} samples differ"
 
 
 def _source(
@@ -37,9 +72,7 @@ def test_digits_every_binarizer_becomes_lce_bconv_and_matches(name: str) -> None
     data, facts = convert_tflite(source)
     assert facts["binary_ops"] == facts["binary_layers"] == 3 and not facts["float_fallbacks"]
     _, x, _ = _digits((1, 8, 8))
-    got, ref = LceRunner(data).predict(x), predict(model, x)
-    assert _agreement(got, ref) >= 0.995
-    np.testing.assert_allclose(got, ref, atol=1e-3)
+    _assert_lce_matches(model, LceRunner(data).predict(x), x)
 
 
 @pytest.mark.parametrize(
@@ -60,11 +93,7 @@ def test_cifar_models_convert_with_expected_bconv_counts(
     assert facts["binary_ops"] == bconvs and len(facts["float_fallbacks"]) == fallbacks
     _, x, _ = _digits((3, 32, 32))
     x = x[:48]
-    got, ref = LceRunner(data).predict(x), predict(model, x)
-    with torch.no_grad():
-        ref64 = model.double()(torch.from_numpy(x).double()).numpy()
-    model.float()
-    assert _agreement(got, ref) >= min(0.995, _agreement(ref, ref64) - 0.03)
+    _assert_lce_matches(model, LceRunner(data).predict(x), x)
 
 
 def test_resnet18_binary_file_is_10x_smaller_than_float() -> None:
@@ -203,7 +232,7 @@ def test_lce_server_converts_larq_checkpoints_and_torch_graphs(tmp_path: Path) -
     assert facts["binary_ops"] == facts["binary_layers"] == 3 and not facts["float_fallbacks"]
     assert graph_facts["binary_ops"] == graph_facts["binary_layers"] == 3
     np.testing.assert_allclose(LceRunner(blob).predict(x), larq_predict(model, x), atol=1e-4)
-    assert _agreement(LceRunner(graph_blob).predict(x), predict(torch_model, x)) == 1.0
+    _assert_lce_matches(torch_model, LceRunner(graph_blob).predict(x), x)
 
 
 def test_larq_siman_vgg_small_convs_all_become_lce_bconv(tmp_path: Path) -> None:
