@@ -20,9 +20,9 @@ from bnn_export.convert.graph import graph_from_torch
 from bnn_export.convert.onnx_export import to_onnx
 from bnn_export.datasets import load_dataset
 from bnn_export.models import arch_spec
+from bnn_export.models.evaluation import recalibrate_batchnorm
 from bnn_export.models.torch_build import build_torch_model
 from bnn_export.runtime.runners import OnnxRuntimeRunner, OpenVinoRunner
-from bnn_export.models.evaluation import recalibrate_batchnorm
 
 
 def onnx_bytes(model_name: str, binarizer: str, target: str) -> bytes:
@@ -43,15 +43,20 @@ def main() -> None:
     ov = OpenVinoRunner(onnx_bytes(args.model, "ste", "openvino"))
     x = np.random.default_rng(0).standard_normal((1, *ours.input_shape)).astype(np.float32)
     times = interleaved_median_ms(
-        {"ours": lambda: ours.predict_one(x), "float": lambda: floating.predict_one(x),
-         "openvino": lambda: ov.predict_one(x)},
+        {
+            "ours": lambda: ours.predict_one(x),
+            "float": lambda: floating.predict_one(x),
+            "openvino": lambda: ov.predict_one(x),
+        },
         args.runs,
-    )  # fmt: skip
+    )
     print(f"{args.model}, batch 1, 1 thread, median of {args.runs} interleaved runs:")
     print(f"  binary, bnn-export ONNX (BinaryConv2d) in onnxruntime: {times['ours']:8.2f} ms")
     print(f"  binary, FakeQuantize+Conv in OpenVINO:                 {times['openvino']:8.2f} ms")
     print(f"  float, same architecture, onnxruntime:                 {times['float']:8.2f} ms")
-    print(f"  speed-up over float onnxruntime: {times['float'] / times['ours']:.2f}x (target >= 4x)")
+    print(
+        f"  speed-up over float onnxruntime: {times['float'] / times['ours']:.2f}x (target >= 4x)"
+    )
     print(f"  speed-up over binary OpenVINO:   {times['openvino'] / times['ours']:.2f}x")
 
 

@@ -153,8 +153,10 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
-    print(f"{cpu_name()}, our kernel variant: {kernel_name()}, batch 1, "
-          f"{args.input_size}x{args.input_size}, width {args.width}")  # fmt: skip
+    print(
+        f"{cpu_name()}, our kernel variant: {kernel_name()}, batch 1, "
+        f"{args.input_size}x{args.input_size}, width {args.width}"
+    )
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bnn-bench-") as tmp:
         for name in args.models.split(","):
@@ -182,21 +184,35 @@ def main() -> None:
             results.append(row)
             _print_row(row, threads)
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "kernel": kernel_name(),
-                                               "args": vars(args), "results": results}, indent=2))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "cpu": cpu_name(),
+                    "kernel": kernel_name(),
+                    "args": vars(args),
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
 
 
 def _print_row(row: dict[str, Any], threads: list[int]) -> None:
     ms = row["ms"]
     print(f"\n{row['model']}")
-    print(f"  {'runtime':<10}{'size KiB':>10}" + "".join(f"{f'{t} thr ms':>12}" for t in threads)
-          + f"{'peak MiB':>10}  ours is faster by")  # fmt: skip
+    print(
+        f"  {'runtime':<10}{'size KiB':>10}"
+        + "".join(f"{f'{t} thr ms':>12}" for t in threads)
+        + f"{'peak MiB':>10}  ours is faster by"
+    )
     for r, size in row["bytes"].items():
         cells = "".join(f"{ms[t].get(r, float('nan')):12.2f}" for t in threads)
         mem = row["peak_mib"].get(r)
         ratio = ms[threads[0]][r] / ms[threads[0]]["ours"]
-        print(f"  {r:<10}{size / 1024:10.0f}{cells}{(f'{mem:10.0f}' if mem is not None else ' ' * 10)}  "
-              + ("-" if r == "ours" else f"{ratio:.2f}x at {threads[0]} thread(s)"))  # fmt: skip
+        print(
+            f"  {r:<10}{size / 1024:10.0f}{cells}{(f'{mem:10.0f}' if mem is not None else ' ' * 10)}  "
+            + ("-" if r == "ours" else f"{ratio:.2f}x at {threads[0]} thread(s)")
+        )
     if len(threads) > 1:
         scale = ms[threads[0]]["ours"] / ms[threads[-1]]["ours"]
         print(f"  ours {threads[0]} -> {threads[-1]} threads: {scale:.2f}x")

@@ -18,7 +18,9 @@ BINARIZERS = ["none", "ste", "irnet", "siman", "equal_bits", "sdbnn", "gwt"]
 
 
 def cli(*args: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "bnn_export", *args, "--json"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnn_export", *args, "--json"], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     return json.loads(proc.stdout)
@@ -36,13 +38,25 @@ def main() -> None:
         for b in BINARIZERS:
             run = out / f"{framework}-{b}"
             print(f"{framework}/{b}: training...", file=sys.stderr, flush=True)
-            m = cli("train", "--framework", framework, "--binarizer", b, "--epochs", str(args.epochs), "-o", str(run))
+            m = cli(
+                "train",
+                "--framework",
+                framework,
+                "--binarizer",
+                b,
+                "--epochs",
+                str(args.epochs),
+                "-o",
+                str(run),
+            )
             row: dict[str, Any] = {"framework": framework, "binarizer": b, "train": m}
             for fmt in ("tflite", "onnx"):
                 if fmt == "onnx" and framework == "larq":
                     continue
                 print(f"{framework}/{b}: converting to {fmt}...", file=sys.stderr, flush=True)
-                row[fmt] = cli("convert", str(run), "--format", fmt, "-o", str(out / f"{framework}-{b}.{fmt}"))
+                row[fmt] = cli(
+                    "convert", str(run), "--format", fmt, "-o", str(out / f"{framework}-{b}.{fmt}")
+                )
             rows.append(row)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -55,7 +69,9 @@ def main() -> None:
         secs = f"{t['train_seconds']:.0f} s" if "train_seconds" in t else "-"
         print(f"| {r['binarizer']} | {r['framework']} | {acc} | {secs} |")
     print("\nConversion of those runs (validated on the 359 digits test images):\n")
-    print("| binarizer | framework | format | binary ops | top-1 agreement | accuracy (artifact / source) | bytes |")
+    print(
+        "| binarizer | framework | format | binary ops | top-1 agreement | accuracy (artifact / source) | bytes |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         for fmt in ("tflite", "onnx"):
@@ -63,7 +79,9 @@ def main() -> None:
             if c is None:
                 continue
             if "error" in c:
-                print(f"| {r['binarizer']} | {r['framework']} | {fmt} | error: {c['error']} | | | |")
+                print(
+                    f"| {r['binarizer']} | {r['framework']} | {fmt} | error: {c['error']} | | | |"
+                )
                 continue
             v, f = c["validation"], c["facts"]
             print(

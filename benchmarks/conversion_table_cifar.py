@@ -32,10 +32,15 @@ from bnn_export.validate import MAX_ACCURACY_DROP, MIN_AGREEMENT
 
 BINARIZERS = ("ste", "irnet", "siman", "equal_bits", "sdbnn", "gwt")
 ROWS: list[tuple[str, str, str]] = [
-    *[(arch, fw, b) for arch in ("resnet20", "vgg-small") for fw in ("torch", "larq") for b in BINARIZERS],
+    *[
+        (arch, fw, b)
+        for arch in ("resnet20", "vgg-small")
+        for fw in ("torch", "larq")
+        for b in BINARIZERS
+    ],
     ("resnet18", "torch", "ste"),
     ("resnet18", "torch", "none"),
-]  # fmt: skip
+]
 # One epoch of resnet20 left irnet and sdbnn (torch) at chance, 10.0%: their EDE schedules
 # need the later epochs; with 3 irnet reached 71% and sdbnn 75% (torch). VGG-Small and
 # ResNet-18 reach 46-88% in one epoch, and an epoch of them costs 1.5-4 min on 2 cores.
@@ -163,9 +168,18 @@ def main() -> int:
 
     def save_json() -> None:
         if args.json:
-            Path(args.json).write_text(json.dumps({"epochs": epochs, "training": trained,
-                                                   "conversions": converted, "failures": failures,
-                                                   "seconds": time.perf_counter() - t_start}, indent=2))  # fmt: skip
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "epochs": epochs,
+                        "training": trained,
+                        "conversions": converted,
+                        "failures": failures,
+                        "seconds": time.perf_counter() - t_start,
+                    },
+                    indent=2,
+                )
+            )
 
     try:
         with LceServer() as lce:
@@ -174,20 +188,36 @@ def main() -> int:
                 run = out / name.replace("/", "-")
                 arch = arch_spec(arch_name, num_classes=digits.num_classes)
                 log(f"{name}: training {epochs[arch_name]} epoch(s)...")
-                metrics = train_run(framework=framework, arch=arch, binarizer=get(b), data=digits,
-                                    settings=TrainSettings(epochs=epochs[arch_name], progress=False),
-                                    output=run)  # fmt: skip
-                trained.append({"model": arch_name, "framework": framework, "binarizer": b,
-                                "epochs": epochs[arch_name], "test_accuracy": metrics["test_accuracy"],
-                                "train_seconds": metrics["train_seconds"]})  # fmt: skip
+                metrics = train_run(
+                    framework=framework,
+                    arch=arch,
+                    binarizer=get(b),
+                    data=digits,
+                    settings=TrainSettings(epochs=epochs[arch_name], progress=False),
+                    output=run,
+                )
+                trained.append(
+                    {
+                        "model": arch_name,
+                        "framework": framework,
+                        "binarizer": b,
+                        "epochs": epochs[arch_name],
+                        "test_accuracy": metrics["test_accuracy"],
+                        "train_seconds": metrics["train_seconds"],
+                    }
+                )
                 log(
                     f"{name}: test accuracy {metrics['test_accuracy']:.2%} ({metrics['train_seconds']:.0f} s)"
                 )
                 source, ref = reference_logits(framework, run, data.x_test)
                 ref_acc = float((ref.argmax(1) == data.y_test).mean())
                 for fmt in ("tflite", "onnx") if framework == "torch" else ("tflite",):
-                    row: dict[str, Any] = {"model": arch_name, "framework": framework, "binarizer": b,
-                                           "format": fmt}  # fmt: skip
+                    row: dict[str, Any] = {
+                        "model": arch_name,
+                        "framework": framework,
+                        "binarizer": b,
+                        "format": fmt,
+                    }
                     t0 = time.perf_counter()
                     try:
                         blob, facts, runner = convert(fmt, framework, run, source, lce)
@@ -200,36 +230,47 @@ def main() -> int:
                         save_json()
                         continue
                     (out / f"{run.name}.{fmt}").write_bytes(blob)
-                    row.update({
-                        "binary_ops": facts["binary_ops"], "binary_op": facts["binary_op"],
-                        "binary_layers": facts["binary_layers"],
-                        "float_fallbacks": list(facts.get("float_fallbacks", [])),
-                        "agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
-                        "accuracy": float((got.argmax(1) == data.y_test).mean()),
-                        "reference_accuracy": ref_acc,
-                        "max_abs_logit_diff": float(np.abs(got - ref).max()),
-                        "bytes": len(blob), "seconds": time.perf_counter() - t0,
-                    })  # fmt: skip
+                    row.update(
+                        {
+                            "binary_ops": facts["binary_ops"],
+                            "binary_op": facts["binary_op"],
+                            "binary_layers": facts["binary_layers"],
+                            "float_fallbacks": list(facts.get("float_fallbacks", [])),
+                            "agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
+                            "accuracy": float((got.argmax(1) == data.y_test).mean()),
+                            "reference_accuracy": ref_acc,
+                            "max_abs_logit_diff": float(np.abs(got - ref).max()),
+                            "bytes": len(blob),
+                            "seconds": time.perf_counter() - t0,
+                        }
+                    )
                     misses = check_row(row)
                     row["ok"] = not misses
                     converted.append(row)
                     failures.extend(f"{row_name(row)}: {m}" for m in misses)
-                    log(f"[{len(converted)}/{n_jobs}] {row_name(row)}: {ops_cell(row)}, agreement "
+                    log(
+                        f"[{len(converted)}/{n_jobs}] {row_name(row)}: {ops_cell(row)}, agreement "
                         f"{row['agreement']:.2%}, accuracy {row['accuracy']:.2%} / {ref_acc:.2%}, "
-                        f"{row['bytes']:,} bytes ({row['seconds']:.0f} s){'' if row['ok'] else '  MISS'}")  # fmt: skip
+                        f"{row['bytes']:,} bytes ({row['seconds']:.0f} s){'' if row['ok'] else '  MISS'}"
+                    )
                     save_json()
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)
 
-    sizes = {(r["binarizer"], r["format"]): r["bytes"] for r in converted
-             if r["model"] == "resnet18" and "bytes" in r}  # fmt: skip
+    sizes = {
+        (r["binarizer"], r["format"]): r["bytes"]
+        for r in converted
+        if r["model"] == "resnet18" and "bytes" in r
+    }
     size_lines = []
     for fmt in ("tflite", "onnx"):
         if ("ste", fmt) in sizes and ("none", fmt) in sizes:
             ratio = sizes[("none", fmt)] / sizes[("ste", fmt)]
-            size_lines.append(f"ResNet-18 .{fmt}: float {sizes[('none', fmt)]:,} bytes / binary "
-                              f"{sizes[('ste', fmt)]:,} bytes = {ratio:.1f}x")  # fmt: skip
+            size_lines.append(
+                f"ResNet-18 .{fmt}: float {sizes[('none', fmt)]:,} bytes / binary "
+                f"{sizes[('ste', fmt)]:,} bytes = {ratio:.1f}x"
+            )
             if ratio < MIN_SIZE_RATIO:
                 failures.append(f"resnet18 .{fmt}: binary only {ratio:.1f}x smaller than float")
     seconds = time.perf_counter() - t_start
@@ -238,18 +279,24 @@ def main() -> int:
     print("\n| model | framework | binarizer | epochs | test accuracy | train time |")
     print("|---|---|---|---|---|---|")
     for t in trained:
-        print(f"| {t['model']} | {t['framework']} | {t['binarizer']} | {t['epochs']} | "
-              f"{t['test_accuracy']:.2%} | {t['train_seconds']:.0f} s |")  # fmt: skip
-    print("\n| model | framework | binarizer | format | binary ops / binary layers | top-1 agreement "
-          "| test accuracy (artifact / source) | bytes |")  # fmt: skip
+        print(
+            f"| {t['model']} | {t['framework']} | {t['binarizer']} | {t['epochs']} | "
+            f"{t['test_accuracy']:.2%} | {t['train_seconds']:.0f} s |"
+        )
+    print(
+        "\n| model | framework | binarizer | format | binary ops / binary layers | top-1 agreement "
+        "| test accuracy (artifact / source) | bytes |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in converted:
         head = f"| {r['model']} | {r['framework']} | {r['binarizer']} | {r['format']} |"
         if "error" in r:
             print(f"{head} error: {r['error']} | | | |")
             continue
-        print(f"{head} {ops_cell(r)} | {r['agreement']:.2%} | {r['accuracy']:.2%} / "
-              f"{r['reference_accuracy']:.2%} | {r['bytes']:,} |")  # fmt: skip
+        print(
+            f"{head} {ops_cell(r)} | {r['agreement']:.2%} | {r['accuracy']:.2%} / "
+            f"{r['reference_accuracy']:.2%} | {r['bytes']:,} |"
+        )
     print()
     for line in size_lines:
         print(line)

@@ -320,8 +320,11 @@ def export(
         recalibrate_batchnorm(model, np.ascontiguousarray(calibration, dtype=np.float32))
     model.eval()
     graph = graph_from_torch(model, shape)  # type: ignore[arg-type]
-    metadata = {"source_framework": "torch", "arch": {"name": type(model).__name__},
-                "bit_ratios": graph.bit_ratios()}  # fmt: skip
+    metadata = {
+        "source_framework": "torch",
+        "arch": {"name": type(model).__name__},
+        "bit_ratios": graph.bit_ratios(),
+    }
     artifact, facts = export_graph(graph, fmt=fmt, target=target, metadata=metadata)
     reference = None
     if validation is not None:

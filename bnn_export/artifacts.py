@@ -44,8 +44,10 @@ def read_artifact(path: str | Path, *, max_bytes: int = MAX_ARTIFACT_BYTES) -> t
         check_tflite_structure(data, str(p))
         return "tflite", data
     if p.suffix == ".tflite":
-        raise BnnExportError(f"{str(p)!r} is not a TFLite flatbuffer (no TFL3 identifier)",
-                             hint="the file is corrupt or truncated; convert again")  # fmt: skip
+        raise BnnExportError(
+            f"{str(p)!r} is not a TFLite flatbuffer (no TFL3 identifier)",
+            hint="the file is corrupt or truncated; convert again",
+        )
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -57,8 +59,10 @@ def read_artifact(path: str | Path, *, max_bytes: int = MAX_ARTIFACT_BYTES) -> t
             hint="convert the model again",
         ) from None
     if not model.graph.node:
-        raise BnnExportError(f"{str(p)!r} holds no ONNX graph (corrupt or truncated?)",
-                             hint="convert the model again")  # fmt: skip
+        raise BnnExportError(
+            f"{str(p)!r} holds no ONNX graph (corrupt or truncated?)",
+            hint="convert the model again",
+        )
     unknown = sorted(
         {f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in KNOWN_ONNX_DOMAINS}
     )

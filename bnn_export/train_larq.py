@@ -100,8 +100,14 @@ def train(model: keras.Model, data: Dataset, settings: TrainSettings) -> list[di
             bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
         test_acc = accuracy(model, data.x_test, data.y_test)
         record = epoch_record(
-            epoch, settings.epochs, total_loss=total_loss, correct=correct, samples=len(x_all),
-            test_accuracy=test_acc, seconds=time.perf_counter() - t0, progress=settings.progress,
-        )  # fmt: skip
+            epoch,
+            settings.epochs,
+            total_loss=total_loss,
+            correct=correct,
+            samples=len(x_all),
+            test_accuracy=test_acc,
+            seconds=time.perf_counter() - t0,
+            progress=settings.progress,
+        )
         history.append(record)
     return history

@@ -7,8 +7,13 @@ from tqdm import tqdm
 
 def epoch_steps(epoch: int, epochs: int, steps: int, *, progress: bool) -> tqdm:
     """The steps of one epoch, with a progress bar (loss as postfix) unless ``progress`` is off."""
-    return tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
-                disable=not progress)  # fmt: skip
+    return tqdm(
+        range(steps),
+        desc=f"epoch {epoch + 1}/{epochs}",
+        unit="step",
+        leave=False,
+        disable=not progress,
+    )
 
 
 def epoch_record(

@@ -61,12 +61,15 @@ def count_onnx(data: bytes) -> dict[str, Any]:
             shape = [int(o), int(attrs["channels_in"]) // group, int(kh), int(kw)]
             weight = f"{node.input[1]}__as_float"
             weight_shapes[weight] = shape
-            conv_attrs = {k: attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations",
-                                                 "group") if k in attrs}  # fmt: skip
+            conv_attrs = {
+                k: attrs[k]
+                for k in ("kernel_shape", "strides", "pads", "dilations", "group")
+                if k in attrs
+            }
             rewritten.append(
                 helper.make_node(
                     "Conv", [node.input[0], weight], list(node.output), name=node.name, **conv_attrs
-                )  # fmt: skip
+                )
             )
         elif node.op_type == "FakeQuantize":
             rewritten.append(helper.make_node("Identity", [node.input[0]], list(node.output)))
@@ -104,16 +107,31 @@ def count_onnx(data: bytes) -> dict[str, Any]:
             if is_binary and node.input[1] in inits:
                 binary_weights.add(node.input[1])
             macs = int(np.prod(out[1:])) * int(np.prod(w[1:]))
-            layers.append({"name": node.name or node.output[0], "kind": "conv",
-                           "binary": is_binary, "macs": macs, "params": int(np.prod(w))})  # fmt: skip
+            layers.append(
+                {
+                    "name": node.name or node.output[0],
+                    "kind": "conv",
+                    "binary": is_binary,
+                    "macs": macs,
+                    "params": int(np.prod(w)),
+                }
+            )
         elif node.op_type in ("Gemm", "MatMul") and node.input[1] in inits:
             w = list(inits[node.input[1]].dims)
-            layers.append({"name": node.name or node.output[0], "kind": "dense", "binary": False,
-                           "macs": int(np.prod(w)), "params": int(np.prod(w))})  # fmt: skip
+            layers.append(
+                {
+                    "name": node.name or node.output[0],
+                    "kind": "dense",
+                    "binary": False,
+                    "macs": int(np.prod(w)),
+                    "params": int(np.prod(w)),
+                }
+            )
     float_params = sum(
-        int(np.prod(t.dims)) for name, t in inits.items()
+        int(np.prod(t.dims))
+        for name, t in inits.items()
         if name not in binary_weights and numpy_helper.to_array(t).dtype.kind == "f"
-    )  # fmt: skip
+    )
     return _totals(layers, float_params)
 
 
@@ -146,20 +164,42 @@ def count_tflite(data: bytes) -> dict[str, Any]:
             per_group = channels_in * words // in_words if in_words > words else channels_in
             params = o * kh * kw * per_group
             macs = int(np.prod(out[1:-1])) * params
-            layers.append({"name": label, "kind": "conv", "binary": True, "macs": macs,
-                           "params": params})  # fmt: skip
+            layers.append(
+                {"name": label, "kind": "conv", "binary": True, "macs": macs, "params": params}
+            )
         elif op_name == "CONV_2D":
             macs = int(np.prod(out[1:])) * int(np.prod(filt[1:]))
-            layers.append({"name": label, "kind": "conv", "binary": False, "macs": macs,
-                           "params": int(np.prod(filt))})  # fmt: skip
+            layers.append(
+                {
+                    "name": label,
+                    "kind": "conv",
+                    "binary": False,
+                    "macs": macs,
+                    "params": int(np.prod(filt)),
+                }
+            )
         elif op_name == "DEPTHWISE_CONV_2D":
             macs = int(np.prod(out[1:])) * int(np.prod(filt[1:3]))
-            layers.append({"name": label, "kind": "depthwise", "binary": False, "macs": macs,
-                           "params": int(np.prod(filt))})  # fmt: skip
+            layers.append(
+                {
+                    "name": label,
+                    "kind": "depthwise",
+                    "binary": False,
+                    "macs": macs,
+                    "params": int(np.prod(filt)),
+                }
+            )
         else:
             rows = int(np.prod(out)) // max(1, filt[0])
-            layers.append({"name": label, "kind": "dense", "binary": False,
-                           "macs": rows * int(np.prod(filt)), "params": int(np.prod(filt))})  # fmt: skip
+            layers.append(
+                {
+                    "name": label,
+                    "kind": "dense",
+                    "binary": False,
+                    "macs": rows * int(np.prod(filt)),
+                    "params": int(np.prod(filt)),
+                }
+            )
     float_params = 0
     for t in range(sub.TensorsLength()):
         tensor = sub.Tensors(t)
@@ -184,12 +224,26 @@ def count_graph(graph: Any) -> dict[str, Any]:
             w = a.weight if n.op == "conv" else a.weights.bits
             out = shapes[n.name]
             macs = int(np.prod(out[1:])) * int(np.prod(w.shape[1:]))
-            layers.append({"name": label, "kind": "conv", "binary": n.op == "bconv",
-                           "macs": macs, "params": int(w.size)})  # fmt: skip
+            layers.append(
+                {
+                    "name": label,
+                    "kind": "conv",
+                    "binary": n.op == "bconv",
+                    "macs": macs,
+                    "params": int(w.size),
+                }
+            )
         elif n.op in ("linear", "blinear"):
             w = a.weight if n.op == "linear" else a.weights.bits
-            layers.append({"name": label, "kind": "dense", "binary": n.op == "blinear",
-                           "macs": int(w.size), "params": int(w.size)})  # fmt: skip
+            layers.append(
+                {
+                    "name": label,
+                    "kind": "dense",
+                    "binary": n.op == "blinear",
+                    "macs": int(w.size),
+                    "params": int(w.size),
+                }
+            )
         if n.op in ("conv", "linear"):
             float_params += int(a.weight.size) + (0 if a.bias is None else int(a.bias.size))
         elif n.op in ("bconv", "blinear"):

@@ -29,8 +29,20 @@ INPUTS_NAME = "bnn-export-inputs.npz"
 
 def lce_latency(raw: dict[str, Any]) -> dict[str, Any]:
     """lce_benchmark_model's statistics under the names bench uses (p90 is not printed)."""
-    keys = ("count", "min", "max", "mean", "std", "p50", "p90", "p5", "p95",
-            "first_inference", "warmup_mean", "init")  # fmt: skip
+    keys = (
+        "count",
+        "min",
+        "max",
+        "mean",
+        "std",
+        "p50",
+        "p90",
+        "p5",
+        "p95",
+        "first_inference",
+        "warmup_mean",
+        "init",
+    )
     return {key: raw.get(key) for key in keys}
 
 
@@ -48,10 +60,17 @@ def bench_tflite_on_device(
     """runtime, latency_us, device info and emulation flags from lce_benchmark_model."""
     try:
         result = run_lce_benchmark(
-            device, path, binary=binary, num_threads=num_threads,
-            num_runs=settings.num_runs, warmup_runs=settings.warmup_runs,
-            min_secs=settings.min_secs, timeout=timeout, taskset=taskset, emulator=emulator,
-        )  # fmt: skip
+            device,
+            path,
+            binary=binary,
+            num_threads=num_threads,
+            num_runs=settings.num_runs,
+            warmup_runs=settings.warmup_runs,
+            min_secs=settings.min_secs,
+            timeout=timeout,
+            taskset=taskset,
+            emulator=emulator,
+        )
     except FileNotFoundError as exc:
         raise BnnExportError(str(exc), hint="check --lce-benchmark-binary") from None
     return {
@@ -61,7 +80,7 @@ def bench_tflite_on_device(
             "threads": num_threads,
             "binary": binary,
             "command": result["command"],
-        },  # fmt: skip
+        },
         "latency_us": lce_latency(result["latency_us"]),
         "device": result["device"],
         "emulated": result["emulated"],
@@ -92,11 +111,22 @@ def bench_onnx_over_ssh(
     """
     name = Path(path).name
     argv = [
-        remote_python, "-m", WORKER_MODULE, "--model", name,
-        "--runtime", runtime,
-        "--num-threads", str(num_threads), "--num-runs", str(settings.num_runs),
-        "--warmup-runs", str(settings.warmup_runs), "--min-secs", f"{settings.min_secs:g}",
-    ]  # fmt: skip
+        remote_python,
+        "-m",
+        WORKER_MODULE,
+        "--model",
+        name,
+        "--runtime",
+        runtime,
+        "--num-threads",
+        str(num_threads),
+        "--num-runs",
+        str(settings.num_runs),
+        "--warmup-runs",
+        str(settings.warmup_runs),
+        "--min-secs",
+        f"{settings.min_secs:g}",
+    ]
     with tempfile.TemporaryDirectory(prefix="bnn-export-bench-") as local_tmp:
         files = {name: path}
         if eval_set is not None:
@@ -114,7 +144,7 @@ def bench_onnx_over_ssh(
             "python": result.get("python"),
             "remote_bnn_export": result.get("bnn_export_version"),
             "machine": result.get("machine"),
-        },  # fmt: skip
+        },
         "latency_us": result["latency_us"],
         "device": info,
         "emulated": result["emulated"],

@@ -251,9 +251,14 @@ class ReActBlock(nn.Module):
 
         def bconv(cin: int, cout: int, k: int, stride: int = 1) -> BinaryConv2d:
             return BinaryConv2d(
-                cin, cout, k, stride=stride, padding=k // 2, binarizer=binarizer,
+                cin,
+                cout,
+                k,
+                stride=stride,
+                padding=k // 2,
+                binarizer=binarizer,
                 pad_value=pad_value,
-            )  # fmt: skip
+            )
 
         self.sign3 = RSign(in_channels)
         self.conv3 = bconv(in_channels, in_channels, 3, stride)

@@ -98,8 +98,9 @@ class _Pool(Op[PoolAttrs]):
         if any(p[i] > k[i] // 2 for i in range(2)):
             raise BnnExportError(f"layer {name!r}: padding {p} is more than half the kernel {k}")
         include = bool(getattr(m, "count_include_pad", True))
-        return PoolAttrs(kernel=k, stride=s, padding=p, ceil_mode=bool(m.ceil_mode),
-                         count_include_pad=include)  # fmt: skip
+        return PoolAttrs(
+            kernel=k, stride=s, padding=p, ceil_mode=bool(m.ceil_mode), count_include_pad=include
+        )
 
     def out_shape(self, node: Node, inputs: list[Shape]) -> Shape:
         a, x = self.attrs(node), inputs[0]

@@ -267,8 +267,12 @@ class ConstArith(Op[ConstArithAttrs]):
     def to_keras(self, node: Node, e: KerasEmitter) -> Any:
         a = self.attrs(node)
         c = a.value.astype(np.float32)  # [] or [C]: broadcasts over NHWC's last axis
-        fn = {"Add": operator.add, "Sub": operator.sub, "Mul": operator.mul,
-              "Div": operator.truediv}[a.op]  # fmt: skip
+        fn = {
+            "Add": operator.add,
+            "Sub": operator.sub,
+            "Mul": operator.mul,
+            "Div": operator.truediv,
+        }[a.op]
         if a.reverse:
             return e.keras.layers.Lambda(lambda t: fn(c, t), name=e.name(node))(e.input(node))
         return e.keras.layers.Lambda(lambda t: fn(t, c), name=e.name(node))(e.input(node))
