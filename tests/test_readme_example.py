@@ -39,3 +39,20 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     assert ops and accuracy, proc.stdout
     assert int(ops[1]) == 2 and float(ops[2]) >= 99.5, proc.stdout
     assert float(accuracy[1]) > 50.0, proc.stdout  # chance is 10%
+
+
+def test_hand_written_reactnet_block_example_exports_to_both_formats(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "reactnet_block.py"), "--tflite"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = r"^\.(onnx|tflite): (\d+) of (\d+) binary layers are (\w+), agreement ([\d.]+)%, "
+    found = {m[0]: m[1:] for m in re.findall(line, proc.stdout, flags=re.MULTILINE)}
+    assert found["onnx"][:3] == ("4", "4", "BinaryConv2d"), proc.stdout
+    assert found["tflite"][:3] == ("4", "4", "LceBconv2d"), proc.stdout
+    assert all(float(v[3]) >= 99.5 for v in found.values()), proc.stdout
+    assert (tmp_path / "reactnet_block.tflite").stat().st_size > 0
