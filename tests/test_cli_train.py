@@ -66,7 +66,8 @@ def test_digits_adapted_to_a_cifar_model() -> None:
     [
         (
             ["--model", "alexnet"],
-            "unknown model 'alexnet'; valid: digits, resnet18, resnet20, vgg-small",
+            "unknown model 'alexnet'; valid: birealnet18, digits, quicknet, reactnet-a, "
+            "resnet18, resnet20, vgg-small",
         ),
         (["--binarizer", "xnor"], "unknown binarizer 'xnor'; valid:"),
         (["--dataset", "imagenet"], "unknown dataset 'imagenet'; valid: cifar10, digits, mnist"),
