@@ -1,7 +1,8 @@
 """Child process for LCE conversion tests (the converter can abort its process).
 
 Usage: python -m tests.lce_child ARCH BINARIZER PAD_VALUE OUT.json
-Builds the Larq model, converts it with ``larq_compute_engine.convert_keras_model``,
+Builds the Larq model, freezes its quantized kernels (as bnn-export's LCE worker does),
+converts it with ``larq_compute_engine.convert_keras_model``,
 runs both on a random batch and writes the operator list (builtin or custom code) and
 the largest logit difference as JSON.
 """
@@ -58,15 +59,22 @@ def main() -> None:
 
     from bnn_export.binarizers import get
     from bnn_export.models import arch_spec
-    from bnn_export.models.larq_build import binary_layers, build_larq_model
+    from bnn_export.models.larq_build import (
+        binary_layers,
+        build_larq_model,
+        freeze_quantized_kernels,
+    )
 
     arch = arch_spec(arch_name, pad_value=float(pad_value))
     model = build_larq_model(arch, get(binarizer), seed=0)
     _trained_like_batch_norm(model)
-    flatbuffer = lce.convert_keras_model(model)
     c, h, w = arch["kwargs"]["input_shape"]
     x = np.random.default_rng(0).standard_normal((4, h, w, c)).astype(np.float32)
-    want = model(x, training=False).numpy()
+    want = model(x, training=False).numpy()  # before freezing: freezing must not change it
+    # as bnn-export's LCE worker does: quantized kernels become constants first (SiMaN's
+    # per-epoch clipping computes its kernel in the graph, which LCE does not fold)
+    freeze_quantized_kernels(model)
+    flatbuffer = lce.convert_keras_model(model)
     got = Interpreter(flatbuffer, num_threads=1).predict(x)
     result = {
         "ops": op_names(flatbuffer),
