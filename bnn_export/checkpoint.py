@@ -1,8 +1,10 @@
 """Self-describing checkpoints: safetensors tensors + a JSON header.
 
-The header records the format version, framework, architecture, binarizer config and
-dataset, so a checkpoint alone rebuilds its model. Loading never executes code from the
-file (safetensors holds raw tensors only).
+The header records the format version, framework, architecture, binarizer config,
+dataset and the dataset's preprocessing (``bnn_export.datasets``: how raw pixels became
+model inputs, and the training augmentation), so a checkpoint alone rebuilds its model
+and conversion can check that it validates on identically preprocessed images. Loading
+never executes code from the file (safetensors holds raw tensors only).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class Checkpoint:
     dataset: str
     tensors: dict[str, np.ndarray]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the training data's preprocessing record; None in checkpoints written before
+    #: bnn-export recorded it (``bnn_export.datasets.legacy_preprocessing`` says what it was)
+    preprocessing: dict[str, Any] | None = None
 
     def header(self) -> dict[str, Any]:
         return {
@@ -43,6 +48,7 @@ class Checkpoint:
             "binarizer": self.binarizer.to_dict(),
             "dataset": self.dataset,
             "extra": self.extra,
+            "preprocessing": self.preprocessing,
             "bnn_export_version": __version__,
         }
 
@@ -120,4 +126,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         dataset=header.get("dataset", "digits"),
         tensors=tensors,
         extra=header.get("extra", {}),
+        preprocessing=header.get("preprocessing"),
     )

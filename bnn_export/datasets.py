@@ -1,8 +1,13 @@
 """Datasets: the embedded digits set, and CIFAR-10 / MNIST read from local files.
 
 A dataset spec is ``digits``, ``cifar10:DIR`` or ``mnist:DIR``. Nothing is ever
-downloaded. Images come out as float32 NCHW in [-1, 1] (``x / max * 2 - 1``) so every
-runtime sees the same preprocessing; ``adapt`` resizes/pads them to a model's input.
+downloaded. Images come out as float32 NCHW. ``digits`` and ``mnist`` are scaled to
+[-1, 1] (``x / max * 2 - 1``); ``cifar10`` is normalised per channel with the usual
+CIFAR-10 mean/std (``(x / 255 - mean) / std``, :data:`CIFAR10_MEAN`, :data:`CIFAR10_STD`).
+Each :class:`Dataset` carries a JSON-able ``preprocessing`` record saying which, so a
+checkpoint can record what its model was trained on and conversion can check it.
+``adapt`` resizes/pads images to a model's input. Training-time augmentation lives in
+``bnn_export.data_torch``.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +34,58 @@ DATASETS = {
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 
+#: The well-known CIFAR-10 per-channel mean and standard deviation of the 50,000 training
+#: images after ``x / 255`` (constants, not recomputed from the files given, so every
+#: copy of CIFAR-10 and every subset gets the same preprocessing).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+#: Version of the ``preprocessing`` record layout.
+PREPROCESSING_FORMAT = 1
+
+
+def unit_range_preprocessing(maximum: float) -> dict[str, Any]:
+    """The record for images scaled ``x / maximum * 2 - 1`` to [-1, 1]."""
+    return {"format": PREPROCESSING_FORMAT, "input": {"scale": f"x/{maximum:g}*2-1"}}
+
+
+def mean_std_preprocessing(
+    mean: tuple[float, ...], std: tuple[float, ...], **extra: Any
+) -> dict[str, Any]:
+    """The record for images normalised ``(x / 255 - mean) / std`` per channel."""
+    return {
+        "format": PREPROCESSING_FORMAT,
+        "input": {"scale": "x/255", "mean": list(mean), "std": list(std), **extra},
+    }
+
+
+def legacy_preprocessing(spec: str) -> dict[str, Any]:
+    """What a checkpoint that records no preprocessing was trained on: every dataset
+    scaled to [-1, 1], as bnn-export did before it recorded preprocessing."""
+    return unit_range_preprocessing(16.0 if spec.partition(":")[0] == "digits" else 255.0)
+
+
+def preprocessing_mismatch(trained: dict[str, Any], loaded: dict[str, Any]) -> str | None:
+    """None when ``loaded`` images are preprocessed the way ``trained`` records (the
+    ``input`` part; augmentation is training-only), otherwise a sentence saying how."""
+    a, b = trained.get("input"), loaded.get("input")
+    if a == b:
+        return None
+    return f"the model was trained on inputs preprocessed as {a}, the dataset gives {b}"
+
+
+def normalize_mean_std(
+    x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], channel_axis: int = 1
+) -> np.ndarray:
+    """``(x / 255 - mean) / std`` in float32, per channel along ``channel_axis``.
+
+    Element-wise only, so one image and a batch holding it give identical values."""
+    shape = [1] * x.ndim
+    shape[channel_axis] = len(mean)
+    m = np.asarray(mean, dtype=np.float32).reshape(shape)
+    s = np.asarray(std, dtype=np.float32).reshape(shape)
+    return ((x.astype(np.float32) / np.float32(255.0)) - m) / s
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -37,6 +95,8 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    #: JSON-able record of how raw pixels became ``x_*`` (see the module docstring)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -54,6 +114,7 @@ class Dataset:
             x_test=adapt(self.x_test, input_shape),
             y_test=self.y_test,
             num_classes=self.num_classes,
+            preprocessing=self.preprocessing,
         )
 
 
@@ -123,7 +184,15 @@ def _load_digits() -> Dataset:
         test_idx.extend(idx[: round(len(idx) * DIGITS_TEST_FRACTION)].tolist())
     test = np.zeros(len(y), dtype=bool)
     test[test_idx] = True
-    return Dataset("digits", x[~test], y[~test], x[test], y[test], num_classes=10)
+    return Dataset(
+        "digits",
+        x[~test],
+        y[~test],
+        x[test],
+        y[test],
+        num_classes=10,
+        preprocessing=unit_range_preprocessing(16.0),
+    )
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -182,11 +251,12 @@ def _load_cifar10(root: Path, spec: str) -> Dataset:
     y_train = np.concatenate([p[1] for p in parts])
     return Dataset(
         spec,
-        _to_unit_range(x_train, 255.0),
+        normalize_mean_std(x_train, CIFAR10_MEAN, CIFAR10_STD),
         y_train,
-        _to_unit_range(x_test, 255.0),
+        normalize_mean_std(x_test, CIFAR10_MEAN, CIFAR10_STD),
         y_test,
         num_classes=10,
+        preprocessing=mean_std_preprocessing(CIFAR10_MEAN, CIFAR10_STD),
     )
 
 
@@ -243,4 +313,5 @@ def _load_mnist(root: Path, spec: str) -> Dataset:
         _to_unit_range(x_test, 255.0)[:, None],
         y_test.astype(np.int64),
         num_classes=10,
+        preprocessing=unit_range_preprocessing(255.0),
     )

@@ -38,9 +38,26 @@ def test_cifar10_fixture_loads(cifar_dir: Path) -> None:
     data = load_dataset(f"cifar10:{cifar_dir.parent}")
     assert data.x_train.shape == (24, 3, 32, 32) and data.x_test.shape == (12, 3, 32, 32)
     raw = pickle.loads((cifar_dir / "test_batch").read_bytes(), encoding="bytes")
-    expect = raw[b"data"][0].reshape(3, 32, 32).astype(np.float32) / 255 * 2 - 1
-    np.testing.assert_allclose(data.x_test[0], expect, atol=1e-6)
+    # per-channel normalisation with the well-known CIFAR-10 mean/std, recorded
+    mean = np.array([0.4914, 0.4822, 0.4465]).reshape(3, 1, 1)
+    std = np.array([0.2470, 0.2435, 0.2616]).reshape(3, 1, 1)
+    expect = (raw[b"data"][0].reshape(3, 32, 32) / 255 - mean) / std
+    np.testing.assert_allclose(data.x_test[0], expect, atol=1e-5)
+    assert data.x_test.dtype == np.float32
     assert list(data.y_test) == raw[b"labels"]
+    assert data.preprocessing["input"] == {
+        "scale": "x/255",
+        "mean": [0.4914, 0.4822, 0.4465],
+        "std": [0.2470, 0.2435, 0.2616],
+    }
+    assert data.adapted((3, 64, 64)).preprocessing == data.preprocessing
+
+
+def test_digits_and_mnist_keep_the_unit_range_record() -> None:
+    assert load_dataset("digits").preprocessing == {
+        "format": 1,
+        "input": {"scale": "x/16*2-1"},
+    }
 
 
 class _Evil:
@@ -80,6 +97,7 @@ def test_mnist_idx_files_load(tmp_path: Path, gz: bool) -> None:
     assert data.x_train.shape == (20, 1, 28, 28)
     np.testing.assert_allclose(data.x_test[3, 0], xtr[3] / 255 * 2 - 1, atol=1e-6)
     assert list(data.y_test) == [0, 1, 2, 3, 4]
+    assert data.preprocessing["input"] == {"scale": "x/255*2-1"}
 
 
 def test_malformed_mnist_file_is_a_clear_error(tmp_path: Path) -> None:
