@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from bnn_export import imagefolder
 from bnn_export.datasets import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -136,6 +137,54 @@ class TrainingData:
     preprocessing: dict[str, Any]  # JSON-able; recorded in the checkpoint header
 
 
+class ImageFolderDataset(EpochDataset):
+    """One split of an ``imagefolder:DIR`` tree, decoded from disk per sample (only the
+    file list is in memory): the training transform when ``augment``, else the
+    evaluation transform (``bnn_export.imagefolder``)."""
+
+    def __init__(
+        self,
+        split: imagefolder.Split,
+        *,
+        input_shape: tuple[int, int, int],
+        augment: bool,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        self.split = split
+        c, h, w = (int(v) for v in input_shape)
+        self.input_shape = (c, h, w)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = imagefolder.open_rgb(self.split.path(index))
+        size = self.input_shape[1:]
+        if self.augment:
+            x = imagefolder.train_transform(img, size, self.rng(index))
+        else:
+            x = imagefolder.eval_transform(img, size)
+        return torch.from_numpy(x), int(self.split.labels[index])
+
+
+def _imagefolder_data(
+    spec: str, input_shape: tuple[int, int, int] | None, *, augment: bool, seed: int
+) -> TrainingData:
+    root = imagefolder.parse_spec(spec)
+    shape = imagefolder.check_shape(input_shape)
+    tree = imagefolder.scan(root)
+    return TrainingData(
+        spec=spec,
+        train=ImageFolderDataset(tree.train, input_shape=shape, augment=augment, seed=seed),
+        test=ImageFolderDataset(tree.val, input_shape=shape, augment=False),
+        num_classes=len(tree.classes),
+        input_shape=shape,
+        preprocessing=imagefolder.preprocessing(tree.classes, augment=augment),
+    )
+
+
 def _cifar_augment() -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
     fill = normalize_mean_std(np.zeros((len(CIFAR10_MEAN),)), CIFAR10_MEAN, CIFAR10_STD, 0)
 
@@ -157,9 +206,7 @@ def training_data(
     (CIFAR-10: crop + flip; digits and MNIST have none); ``seed`` seeds it."""
     name = spec.partition(":")[0]
     if name == "imagefolder":
-        from bnn_export.imagefolder import torch_training_data
-
-        return torch_training_data(spec, input_shape, augment=augment, seed=seed)
+        return _imagefolder_data(spec, input_shape, augment=augment, seed=seed)
     data = load_dataset(spec)
     c, h, w = (int(v) for v in (input_shape or data.input_shape))
     shape = (c, h, w)

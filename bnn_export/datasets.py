@@ -1,6 +1,7 @@
 """Datasets: the embedded digits set, and CIFAR-10 / MNIST read from local files.
 
-A dataset spec is ``digits``, ``cifar10:DIR`` or ``mnist:DIR``. Nothing is ever
+A dataset spec is ``digits``, ``cifar10:DIR``, ``mnist:DIR`` or ``imagefolder:DIR``
+(``bnn_export.imagefolder``; here a limited, deterministic subset). Nothing is ever
 downloaded. Images come out as float32 NCHW. ``digits`` and ``mnist`` are scaled to
 [-1, 1] (``x / max * 2 - 1``); ``cifar10`` is normalised per channel with the usual
 CIFAR-10 mean/std (``(x / 255 - mean) / std``, :data:`CIFAR10_MEAN`, :data:`CIFAR10_STD`).
@@ -27,6 +28,8 @@ DATASETS = {
     "digits": "scikit-learn's 8x8 handwritten digits (1,797 images, embedded)",
     "cifar10": "CIFAR-10 python pickle batches: cifar10:DIR",
     "mnist": "MNIST IDX files (gz or not): mnist:DIR",
+    "imagefolder": "ImageNet-layout tree DIR/train/CLASS/*.jpg|png, DIR/val/CLASS/...: "
+    "imagefolder:DIR",
 }
 
 #: The train/test split of ``digits`` is fixed (not the training seed), so every
@@ -143,9 +146,26 @@ def adapt(x: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
-def load_dataset(spec: str) -> Dataset:
-    """Load a dataset by spec (``digits``, ``cifar10:DIR``, ``mnist:DIR``)."""
+def load_dataset(
+    spec: str,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    max_images: int | None = None,
+) -> Dataset:
+    """Load a dataset by spec (``digits``, ``cifar10:DIR``, ``mnist:DIR``,
+    ``imagefolder:DIR``).
+
+    ``input_shape`` and ``max_images`` apply to ``imagefolder`` only, whose images have no
+    size of their own: they are rendered at ``input_shape`` (default 3x224x224) and at
+    most ``max_images`` per split are loaded (default
+    ``bnn_export.imagefolder.DEFAULT_MAX_IMAGES``). The in-memory datasets load whole and
+    are fitted to a model with :meth:`Dataset.adapted`.
+    """
     name, _, arg = spec.partition(":")
+    if name == "imagefolder":
+        from bnn_export.imagefolder import load_imagefolder
+
+        return load_imagefolder(spec, input_shape=input_shape, max_images=max_images)
     if name == "digits":
         if arg:
             raise BnnExportError(f"dataset 'digits' takes no argument, got {spec!r}")

@@ -70,7 +70,10 @@ def test_digits_adapted_to_a_cifar_model() -> None:
             "resnet18, resnet20, vgg-small",
         ),
         (["--binarizer", "xnor"], "unknown binarizer 'xnor'; valid:"),
-        (["--dataset", "imagenet"], "unknown dataset 'imagenet'; valid: cifar10, digits, mnist"),
+        (
+            ["--dataset", "imagenet"],
+            "unknown dataset 'imagenet'; valid: cifar10, digits, imagefolder, mnist",
+        ),
         (["--dataset", "cifar10:/no/such/dir"], "does not exist"),
         (["--framework", "jax"], "unknown framework 'jax'"),
         (["-o", "/dev/null/run"], "cannot create output directory"),

@@ -115,7 +115,7 @@ def test_malformed_mnist_file_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("imagenet", "unknown dataset 'imagenet'; valid: cifar10, digits, mnist"),
+        ("imagenet", "unknown dataset 'imagenet'; valid: cifar10, digits, imagefolder, mnist"),
         ("cifar10", "needs a directory"),
         ("cifar10:/nonexistent/dir", "does not exist"),
         ("mnist:/nonexistent/dir", "does not exist"),
