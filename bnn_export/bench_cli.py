@@ -208,6 +208,24 @@ def check_scoring_options(model: ModelFile, options: BenchOptions) -> None:
             )
 
 
+def check_eval_preprocessing(
+    model: ModelFile, recorded: dict[str, Any] | None, eval_set: EvalSet
+) -> None:
+    """Refuse to score a model on images preprocessed otherwise than it records (models
+    exported before preprocessing was recorded are not checked)."""
+    from bnn_export.datasets import preprocessing_mismatch
+
+    if recorded is None:
+        return
+    mismatch = preprocessing_mismatch(recorded, eval_set.preprocessing)
+    if mismatch is not None:
+        raise BnnExportError(
+            f"{str(model.path)!r}: {mismatch}; its accuracy on {eval_set.spec} would mean nothing",
+            hint="pass a --dataset preprocessed the way the model was trained (by default the "
+            "dataset it was trained on)",
+        )
+
+
 class EvalSets:
     """Eval images per (dataset, input shape), loaded once."""
 
@@ -236,6 +254,7 @@ class EvalSets:
                 hint="pass a --dataset whose images the model was exported for (by default the "
                 "dataset it was trained on)",
             )
+        check_eval_preprocessing(model, record.get("preprocessing"), eval_set)
         return eval_set
 
 

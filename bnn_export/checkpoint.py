@@ -36,7 +36,7 @@ class Checkpoint:
     tensors: dict[str, np.ndarray]
     extra: dict[str, Any] = field(default_factory=dict)
     #: the training data's preprocessing record; None in checkpoints written before
-    #: bnn-export recorded it (``bnn_export.datasets.legacy_preprocessing`` says what it was)
+    #: bnn-export recorded it (``bnn_export.datasets.legacy_preprocessing()`` says what it was)
     preprocessing: dict[str, Any] | None = None
 
     def header(self) -> dict[str, Any]:

@@ -73,9 +73,9 @@ def run_convert(
         )
     data = None
     if validate or (bit_ratio is not None and recalibrate):
-        data = load_dataset(dataset or ckpt.dataset).adapted(
-            tuple(ckpt.arch["kwargs"]["input_shape"])
-        )
+        c, h, w = (int(v) for v in ckpt.arch["kwargs"]["input_shape"])
+        data = load_dataset(dataset or ckpt.dataset, input_shape=(c, h, w)).adapted((c, h, w))
+        check_preprocessing(ckpt.preprocessing, ckpt.dataset, data.spec, data.preprocessing)
     if bit_ratio is not None and recalibrate and data is not None:
         _log(progress, f"fixing bit ratios, re-estimating batch norm on {data.spec}...")
     source = load_source(
@@ -159,6 +159,32 @@ def check_options_apply(
             "--no-validate turns validation off",
             hint="drop --dataset, or drop --no-validate",
         )
+
+
+def check_preprocessing(
+    recorded: dict[str, Any] | None, trained_on: str, spec: str, loaded: dict[str, Any]
+) -> None:
+    """Refuse to validate on images preprocessed otherwise than the checkpoint records
+    (``recorded``); a checkpoint from before preprocessing was recorded gets a warning."""
+    from bnn_export.datasets import legacy_preprocessing, preprocessing_mismatch
+
+    mismatch = preprocessing_mismatch(recorded or legacy_preprocessing(), loaded)
+    if mismatch is None:
+        return
+    if recorded is None:
+        print(
+            f"warning: this checkpoint records no preprocessing (written before bnn-export "
+            f"recorded it), so it was trained on {trained_on} scaled to [-1, 1]; the {spec} "
+            "images are now preprocessed otherwise, so the accuracy measured may be low "
+            "(the parity checks still hold)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    raise BnnExportError(
+        f"{mismatch}; validating on {spec} would not test the model on what it was trained on",
+        hint="pass --dataset with the model's training preprocessing, or --no-validate",
+    )
 
 
 def _reference_logits(source: Any, x: Any) -> Any:

@@ -47,9 +47,10 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 PREPROCESSING_FORMAT = 1
 
 
-def unit_range_preprocessing(maximum: float) -> dict[str, Any]:
-    """The record for images scaled ``x / maximum * 2 - 1`` to [-1, 1]."""
-    return {"format": PREPROCESSING_FORMAT, "input": {"scale": f"x/{maximum:g}*2-1"}}
+def unit_range_preprocessing() -> dict[str, Any]:
+    """The record for images scaled ``x / max * 2 - 1`` to [-1, 1] (``max``: the largest
+    pixel value the format has: 16 for digits, 255 for 8-bit images)."""
+    return {"format": PREPROCESSING_FORMAT, "input": {"scale": "x/max*2-1"}}
 
 
 def mean_std_preprocessing(
@@ -62,10 +63,10 @@ def mean_std_preprocessing(
     }
 
 
-def legacy_preprocessing(spec: str) -> dict[str, Any]:
-    """What a checkpoint that records no preprocessing was trained on: every dataset
-    scaled to [-1, 1], as bnn-export did before it recorded preprocessing."""
-    return unit_range_preprocessing(16.0 if spec.partition(":")[0] == "digits" else 255.0)
+def legacy_preprocessing() -> dict[str, Any]:
+    """What a checkpoint that records no preprocessing was trained on: images scaled to
+    [-1, 1], as bnn-export did for every dataset before it recorded preprocessing."""
+    return unit_range_preprocessing()
 
 
 def preprocessing_mismatch(trained: dict[str, Any], loaded: dict[str, Any]) -> str | None:
@@ -211,7 +212,7 @@ def _load_digits() -> Dataset:
         x[test],
         y[test],
         num_classes=10,
-        preprocessing=unit_range_preprocessing(16.0),
+        preprocessing=unit_range_preprocessing(),
     )
 
 
@@ -333,5 +334,5 @@ def _load_mnist(root: Path, spec: str) -> Dataset:
         _to_unit_range(x_test, 255.0)[:, None],
         y_test.astype(np.int64),
         num_classes=10,
-        preprocessing=unit_range_preprocessing(255.0),
+        preprocessing=unit_range_preprocessing(),
     )

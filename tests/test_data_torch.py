@@ -18,7 +18,7 @@ def test_digits_training_data_is_the_numpy_dataset_unaugmented() -> None:
     data = load_dataset("digits")
     td = training_data("digits")
     assert td.input_shape == (1, 8, 8) and td.num_classes == 10 and td.spec == "digits"
-    assert td.preprocessing == {"format": 1, "input": {"scale": "x/16*2-1"}, "augment": []}
+    assert td.preprocessing == {"format": 1, "input": {"scale": "x/max*2-1"}, "augment": []}
     x, y = stack(td.test)
     np.testing.assert_array_equal(x, data.x_test)
     np.testing.assert_array_equal(y, data.y_test)

@@ -56,7 +56,7 @@ def test_cifar10_fixture_loads(cifar_dir: Path) -> None:
 def test_digits_and_mnist_keep_the_unit_range_record() -> None:
     assert load_dataset("digits").preprocessing == {
         "format": 1,
-        "input": {"scale": "x/16*2-1"},
+        "input": {"scale": "x/max*2-1"},
     }
 
 
@@ -97,7 +97,7 @@ def test_mnist_idx_files_load(tmp_path: Path, gz: bool) -> None:
     assert data.x_train.shape == (20, 1, 28, 28)
     np.testing.assert_allclose(data.x_test[3, 0], xtr[3] / 255 * 2 - 1, atol=1e-6)
     assert list(data.y_test) == [0, 1, 2, 3, 4]
-    assert data.preprocessing["input"] == {"scale": "x/255*2-1"}
+    assert data.preprocessing["input"] == {"scale": "x/max*2-1"}
 
 
 def test_malformed_mnist_file_is_a_clear_error(tmp_path: Path) -> None:

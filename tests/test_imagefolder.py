@@ -206,3 +206,70 @@ def test_bad_specs(tree: Path, spec: str, shape: tuple[int, int, int] | None, me
         load_dataset(spec, input_shape=shape)
     with pytest.raises(BnnExportError, match=message):
         training_data(spec, shape)
+
+
+# -- conversion validates on the same preprocessing ------------------------------------
+
+
+def _checkpoint(tmp_path: Path, dataset: str, preprocessing: dict | None) -> Path:  # type: ignore[type-arg]
+    from bnn_export.binarizers import get as get_binarizer
+    from bnn_export.checkpoint import Checkpoint, save_checkpoint
+    from bnn_export.models import arch_spec
+    from bnn_export.models.torch_build import build_torch_model, torch_state
+
+    arch = arch_spec("resnet20", num_classes=3, input_shape=(3, 32, 32))
+    binarizer = get_binarizer("ste")
+    model = build_torch_model(arch, binarizer, seed=0)
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(
+        path, Checkpoint("torch", arch, binarizer, dataset, torch_state(model), {}, preprocessing)
+    )
+    return path
+
+
+def test_convert_validates_on_the_imagefolder_val_split(
+    tree: Path, cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bnn_export.convert_cli import run_convert
+
+    spec = f"imagefolder:{tree}"
+    record = training_data(spec, (3, 32, 32)).preprocessing
+    ckpt = _checkpoint(tmp_path, spec, record)
+    out = run_convert(str(ckpt), fmt="onnx", output=str(tmp_path / "m.onnx"))
+    assert out["validation"]["ok"] and out["validation"]["samples"] == 12  # the val split
+    import json
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert json.loads(meta["preprocessing"]) == record  # the export records it too
+    # the same model validated on digits (scaled to [-1, 1], not ImageNet-normalised)
+    with pytest.raises(BnnExportError, match="preprocessed as"):
+        run_convert(str(ckpt), fmt="onnx", output=str(tmp_path / "d.onnx"), dataset="digits")
+    assert not (tmp_path / "d.onnx").exists()
+    # bench scores the export on the val split it records, --max-eval images of it
+    from bnn_export.cli import main
+
+    fast = ["--num-runs", "1", "--warmup-runs", "0", "--min-secs", "0", "--quiet"]
+    capsys.readouterr()
+    report = tmp_path / "bench.json"
+    code = main(
+        ["bench", str(tmp_path / "m.onnx"), "--max-eval", "6", "--json", str(report), *fast]
+    )
+    assert code == 0, capsys.readouterr().err
+    row = json.loads(report.read_text())["results"][0]
+    assert row["accuracy"]["samples"] == 6
+    assert row["model"]["preprocessing"] == record
+    cifar = f"cifar10:{cifar_dir}"  # 3x32x32 too, but CIFAR-normalised
+    code = main(["bench", str(tmp_path / "m.onnx"), "--dataset", cifar, *fast])
+    assert code != 0 and "preprocessed as" in capsys.readouterr().err
+
+
+def test_convert_warns_for_a_legacy_checkpoint_on_normalised_cifar(
+    cifar_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bnn_export.convert_cli import run_convert
+
+    ckpt = _checkpoint(tmp_path, f"cifar10:{cifar_dir}", None)  # records no preprocessing
+    run_convert(str(ckpt), fmt="onnx", output=str(tmp_path / "m.onnx"))
+    assert "records no preprocessing" in capsys.readouterr().err

@@ -8,7 +8,7 @@ runner's input check refuses it with an error naming both shapes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,21 +21,32 @@ class EvalSet:
     spec: str
     x: np.ndarray  # float32 [N, C, H, W]
     y: np.ndarray  # int64 [N]
+    #: how the images were preprocessed (``bnn_export.datasets.Dataset.preprocessing``)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
 def load_eval_set(
     spec: str, *, input_shape: tuple[int, ...], trained_on: str | None, max_eval: int | None
 ) -> EvalSet:
-    """The test split of ``spec`` for a model of ``input_shape`` (C, H, W), first ``max_eval``."""
+    """The test split of ``spec`` for a model of ``input_shape`` (C, H, W), first
+    ``max_eval`` (an ``imagefolder`` is rendered at ``input_shape`` and loads only
+    ``max_eval`` images, or its default number)."""
     from bnn_export.datasets import load_dataset
 
-    data = load_dataset(spec)
+    shape = tuple(int(v) for v in input_shape)
+    data = load_dataset(
+        spec,
+        input_shape=shape if len(shape) == 3 else None,  # type: ignore[arg-type]
+        max_images=max_eval,
+    )
     if trained_on is not None and spec.partition(":")[0] == trained_on.partition(":")[0]:
         data = data.adapted(tuple(int(v) for v in input_shape))  # type: ignore[arg-type]
     x, y = data.x_test, data.y_test
     if max_eval is not None:
         x, y = x[:max_eval], y[:max_eval]
-    return EvalSet(data.spec, np.ascontiguousarray(x, dtype=np.float32), y)
+    return EvalSet(
+        data.spec, np.ascontiguousarray(x, dtype=np.float32), y, dict(data.preprocessing)
+    )
 
 
 def top1(logits_or_predictions: np.ndarray) -> np.ndarray:

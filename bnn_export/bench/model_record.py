@@ -66,6 +66,7 @@ def checkpoint_facts(model: ModelFile) -> tuple[dict[str, Any], dict[str, Any]]:
         "arch": ckpt.arch,
         "binarizer": ckpt.binarizer.to_dict(),
         "dataset": ckpt.dataset,
+        "preprocessing": ckpt.preprocessing,
         "source_framework": ckpt.framework,
         "bit_ratios": None,
     }
@@ -102,6 +103,7 @@ def model_record(model: ModelFile) -> dict[str, Any]:
         "binarizer_params": binarizer.get("params") if isinstance(binarizer, dict) else None,
         "bit_ratios": meta.get("bit_ratios"),
         "trained_on": meta.get("dataset"),
+        "preprocessing": meta.get("preprocessing"),
         "input_shape": (meta.get("arch") or {}).get("kwargs", {}).get("input_shape"),
         "binary_params": counts.get("binary_params"),
         "float_params": counts.get("float_params"),

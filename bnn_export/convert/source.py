@@ -43,6 +43,7 @@ class Source:
             "arch": ck.arch,
             "binarizer": ck.binarizer.to_dict(),
             "dataset": ck.dataset,
+            "preprocessing": ck.preprocessing,
             "bit_ratios": bit_ratios,
             "bit_ratio_fix": self.bit_ratio_fix,
         }
