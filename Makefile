@@ -72,6 +72,7 @@ bench: setup
 	$(PY) -m benchmarks.bench_e2e
 	$(PY) -m benchmarks.bench_modeled
 	$(PY) -m benchmarks.bench_imagenet
+	$(PY) -m benchmarks.bench_data
 
 # Static layer-level benchmark binaries for any ARM board (no Python, no onnxruntime):
 # build/arm-bench/bnn_bench-aarch64 and bnn_bench-armhf from runtime/bench_main.c with the
