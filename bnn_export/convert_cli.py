@@ -74,7 +74,11 @@ def run_convert(
     data = None
     if validate or (bit_ratio is not None and recalibrate):
         c, h, w = (int(v) for v in ckpt.arch["kwargs"]["input_shape"])
-        data = load_dataset(dataset or ckpt.dataset, input_shape=(c, h, w)).adapted((c, h, w))
+        data = load_dataset(
+            dataset or ckpt.dataset,
+            input_shape=(c, h, w),
+            with_train=bit_ratio is not None and recalibrate,  # batch-norm re-estimation
+        ).adapted((c, h, w))
         check_preprocessing(ckpt.preprocessing, ckpt.dataset, data.spec, data.preprocessing)
     if bit_ratio is not None and recalibrate and data is not None:
         _log(progress, f"fixing bit ratios, re-estimating batch norm on {data.spec}...")

@@ -152,21 +152,25 @@ def load_dataset(
     *,
     input_shape: tuple[int, int, int] | None = None,
     max_images: int | None = None,
+    with_train: bool = True,
 ) -> Dataset:
     """Load a dataset by spec (``digits``, ``cifar10:DIR``, ``mnist:DIR``,
     ``imagefolder:DIR``).
 
-    ``input_shape`` and ``max_images`` apply to ``imagefolder`` only, whose images have no
-    size of their own: they are rendered at ``input_shape`` (default 3x224x224) and at
-    most ``max_images`` per split are loaded (default
-    ``bnn_export.imagefolder.DEFAULT_MAX_IMAGES``). The in-memory datasets load whole and
-    are fitted to a model with :meth:`Dataset.adapted`.
+    ``input_shape``, ``max_images`` and ``with_train`` apply to ``imagefolder`` only,
+    whose images have no size of their own: they are rendered at ``input_shape`` (default
+    3x224x224), at most ``max_images`` per split are loaded (default
+    ``bnn_export.imagefolder.DEFAULT_MAX_IMAGES``), and ``with_train=False`` leaves the
+    train split empty (nothing decoded). The in-memory datasets load whole and are fitted
+    to a model with :meth:`Dataset.adapted`.
     """
     name, _, arg = spec.partition(":")
     if name == "imagefolder":
         from bnn_export.imagefolder import load_imagefolder
 
-        return load_imagefolder(spec, input_shape=input_shape, max_images=max_images)
+        return load_imagefolder(
+            spec, input_shape=input_shape, max_images=max_images, with_train=with_train
+        )
     if name == "digits":
         if arg:
             raise BnnExportError(f"dataset 'digits' takes no argument, got {spec!r}")

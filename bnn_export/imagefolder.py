@@ -22,7 +22,7 @@ An image that cannot be decoded is an error naming the file (no silent skipping)
 and bench validate on: at most ``max_images`` (default :data:`DEFAULT_MAX_IMAGES`) val
 images as the test split and as many train images as the train split (for batch-norm
 re-estimation), both with the evaluation transform, picked evenly spread over the sorted
-file lists (deterministic). ``bnn_export.data_torch`` streams the whole tree for training.
+file lists (deterministic); ``with_train=False`` skips the train images. ``bnn_export.data_torch`` streams the whole tree for training.
 """
 
 from __future__ import annotations
@@ -272,6 +272,8 @@ def spread(n: int, k: int | None) -> np.ndarray:
     >= n): ``floor(i * n / k)``, a deterministic choice that covers every class."""
     if k is None or k >= n:
         return np.arange(n)
+    if k <= 0:
+        return np.arange(0)
     return (np.arange(k) * n) // k
 
 
@@ -292,10 +294,12 @@ def load_imagefolder(
     *,
     input_shape: tuple[int, int, int] | None = None,
     max_images: int | None = None,
+    with_train: bool = True,
 ) -> Dataset:
     """The numpy dataset for ``imagefolder:DIR``: at most ``max_images`` (default
     :data:`DEFAULT_MAX_IMAGES`) val images as the test split and as many train images as
-    the train split, evaluation transform at ``input_shape`` (default 3x224x224)."""
+    the train split (none without ``with_train``), evaluation transform at
+    ``input_shape`` (default 3x224x224)."""
     root = parse_spec(spec)
     _, h, w = check_shape(input_shape)
     if max_images is not None and max_images < 1:
@@ -303,7 +307,7 @@ def load_imagefolder(
     limit = DEFAULT_MAX_IMAGES if max_images is None else max_images
     tree = scan(root)
     val_idx = spread(len(tree.val), limit)
-    train_idx = spread(len(tree.train), limit)
+    train_idx = spread(len(tree.train), limit if with_train else 0)
     x_test = load_split(tree.val, val_idx, (h, w), desc="val images")
     x_train = load_split(tree.train, train_idx, (h, w), desc="train images")
     record = preprocessing(tree.classes, augment=False)

@@ -154,6 +154,9 @@ def test_max_images_is_an_even_deterministic_spread(tree: Path) -> None:
     full = load_dataset(spec, input_shape=(3, 16, 16), max_images=100)
     np.testing.assert_array_equal(small.x_test, full.x_test[[0, 2, 4, 6, 8, 10]])
     assert list(imagefolder.spread(10, 4)) == [0, 2, 5, 7]
+    val_only = load_dataset(spec, input_shape=(3, 16, 16), max_images=6, with_train=False)
+    assert val_only.x_train.shape == (0, 3, 16, 16) and len(val_only.y_train) == 0
+    np.testing.assert_array_equal(val_only.x_test, small.x_test)
 
 
 def test_corrupt_image_is_an_error_naming_the_file(tree: Path) -> None:

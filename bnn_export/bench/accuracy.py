@@ -38,6 +38,7 @@ def load_eval_set(
         spec,
         input_shape=shape if len(shape) == 3 else None,  # type: ignore[arg-type]
         max_images=max_eval,
+        with_train=False,
     )
     if trained_on is not None and spec.partition(":")[0] == trained_on.partition(":")[0]:
         data = data.adapted(tuple(int(v) for v in input_shape))  # type: ignore[arg-type]
