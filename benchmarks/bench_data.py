@@ -12,7 +12,8 @@ default 1,000 and 4,000) in a temporary folder, then for each tree and worker co
 * worker peak RSS: the largest ``ru_maxrss`` of the DataLoader worker processes.
 
 Only the file list is held in memory, so RSS should stay flat as the tree grows: the
-table's last column is the RSS growth relative to the smallest tree's.
+table gives the RSS growth relative to the smallest tree's, and what the decoded
+training set would take in memory, for scale.
 
 Run: python -m benchmarks.bench_data [--sizes 1000,4000] [--workers 0,2]
      [--input-size 64] [--batch-size 64] [--json F]
@@ -107,15 +108,16 @@ def measure(root: Path, workers: int, input_size: int, batch_size: int) -> dict[
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table; ratios against the smallest tree at the same worker count."""
+def table(rows: list[dict[str, Any]], input_size: int) -> str:
+    """Markdown table; ratios against the smallest tree at the same worker count, and
+    for scale the size the decoded training set would take in memory as float32."""
     smallest = min(r["tree"] for r in rows)
     base = {r["workers"]: r for r in rows if r["tree"] == smallest}
     zero = {r["tree"]: r for r in rows if r["workers"] == 0}
     lines = [
         "| tree images | workers | images/s | vs 0 workers | main RSS growth (MB) "
-        "| worker peak RSS (MB) | RSS growth vs smallest tree |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| worker peak RSS (MB) | RSS growth vs smallest tree | decoded set would be (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ref = base[r["workers"]]["rss_growth_mb"]
@@ -125,7 +127,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['tree']:,} | {r['workers']} | {r['images_per_s']:.0f} | "
             f"{'' if speed is None else f'{speed:.2f}x'} | {r['rss_growth_mb']:.1f} | "
             f"{'' if worker is None else f'{worker:.0f}'} | "
-            f"{r['rss_growth_mb'] / ref if ref > 0 else float('nan'):.2f}x |"
+            f"{r['rss_growth_mb'] / ref if ref > 0 else float('nan'):.2f}x | "
+            f"{r['tree'] * 3 * input_size**2 * 4 / 2**20:.0f} |"
         )
     return "\n".join(lines)
 
@@ -162,7 +165,7 @@ def main() -> None:
         f"imagefolder streaming, augmented training split at {args.input_size}x"
         f"{args.input_size}, batch {args.batch_size}, one epoch per row\n"
     )
-    print(table(rows))
+    print(table(rows, args.input_size))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
