@@ -185,13 +185,22 @@ def _imagefolder_data(
     )
 
 
-def _cifar_augment() -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+class CropFlip:
+    """:func:`crop_flip` with fixed padding and fill (a picklable callable, so datasets
+    holding it go to DataLoader workers under any start method, spawn included)."""
+
+    def __init__(self, padding: int, fill: np.ndarray) -> None:
+        self.padding = padding
+        self.fill = fill
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return crop_flip(image, rng, self.padding, self.fill)
+
+
+def _cifar_augment() -> CropFlip:
+    """CIFAR-10's crop + flip, padding with black (raw 0) as normalised values."""
     fill = normalize_mean_std(np.zeros((len(CIFAR10_MEAN),)), CIFAR10_MEAN, CIFAR10_STD, 0)
-
-    def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return crop_flip(image, rng, CIFAR10_PADDING, fill)
-
-    return augment
+    return CropFlip(CIFAR10_PADDING, fill)
 
 
 def training_data(

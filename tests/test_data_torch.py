@@ -131,3 +131,20 @@ def test_worker_count_does_not_change_batches(cifar_dir: Path, persistent: bool)
     for s, m in zip(single, multi, strict=True):
         np.testing.assert_array_equal(s, m)
     assert not np.array_equal(single[0], single[5])  # epoch 0 and 1 differ
+
+
+def test_spawned_persistent_worker_sees_set_epoch(cifar_dir: Path) -> None:
+    """Under the spawn start method the dataset is pickled into the worker: the augment
+    callable must pickle, and the shared epoch must still reach a persistent worker."""
+    train = training_data(f"cifar10:{cifar_dir}", seed=3).train
+    loader = DataLoader(
+        train,
+        batch_size=12,
+        num_workers=1,
+        multiprocessing_context="spawn",
+        persistent_workers=True,
+    )
+    for epoch in (0, 1):
+        train.set_epoch(epoch)  # type: ignore[attr-defined]
+        spawned = np.concatenate([x.numpy() for x, _ in loader])
+        np.testing.assert_array_equal(spawned, stack(train)[0])  # in-process, same epoch
