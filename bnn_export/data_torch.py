@@ -46,8 +46,14 @@ CIFAR10_AUGMENT: list[dict[str, Any]] = [
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The Generator for one sample's augmentation: a function of (seed, epoch, index) only."""
-    return np.random.default_rng([_AUGMENT_STREAM, seed % 2**64, epoch, index])
+    """The Generator for one sample's augmentation: a function of (seed, epoch, index) only.
+
+    Counter-based (Philox): the key is (seed, a constant for this use), the counter starts
+    at (0, 0, index, epoch), so every sample of every epoch has a stream of its own, and
+    making one is cheap (no seed hashing)."""
+    key = np.array([seed % 2**64, _AUGMENT_STREAM], dtype=np.uint64)
+    counter = np.array([0, 0, index, epoch], dtype=np.uint64)
+    return np.random.Generator(np.random.Philox(key=key, counter=counter))
 
 
 class EpochDataset(TorchDataset[tuple[torch.Tensor, int]]):
@@ -80,11 +86,13 @@ def crop_flip(
     image: np.ndarray, rng: np.random.Generator, padding: int, fill: np.ndarray
 ) -> np.ndarray:
     """Random crop of ``image`` (C, H, W) padded by ``padding`` with per-channel ``fill``,
-    back to (H, W), then a horizontal flip with probability 0.5. Draws, in order: the
-    row offset, the column offset (both uniform in 0..2*padding) and the flip."""
+    back to (H, W), then a horizontal flip with probability 0.5. One draw of three
+    uniforms: the row offset, the column offset (both uniform in 0..2*padding) and the
+    flip."""
     c, h, w = image.shape
-    dy, dx = (int(v) for v in rng.integers(0, 2 * padding + 1, size=2))
-    flip = bool(rng.random() < 0.5)
+    u = rng.random(3)
+    dy, dx = int(u[0] * (2 * padding + 1)), int(u[1] * (2 * padding + 1))
+    flip = bool(u[2] < 0.5)
     padded = np.empty((c, h + 2 * padding, w + 2 * padding), dtype=image.dtype)
     padded[...] = fill.reshape(c, 1, 1)
     padded[:, padding : padding + h, padding : padding + w] = image

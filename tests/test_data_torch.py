@@ -148,3 +148,16 @@ def test_spawned_persistent_worker_sees_set_epoch(cifar_dir: Path) -> None:
         train.set_epoch(epoch)  # type: ignore[attr-defined]
         spawned = np.concatenate([x.numpy() for x, _ in loader])
         np.testing.assert_array_equal(spawned, stack(train)[0])  # in-process, same epoch
+
+
+def test_sample_streams_are_distinct_per_seed_epoch_index() -> None:
+    from bnn_export.data_torch import sample_rng
+
+    draws = {
+        (s, e, i): tuple(sample_rng(s, e, i).random(2))
+        for s in (0, 1, -1)
+        for e in (0, 1, 2)
+        for i in (0, 1, 2, 10**9)
+    }
+    assert len(set(draws.values())) == len(draws)  # (epoch, index) are not interchangeable
+    assert tuple(sample_rng(0, 1, 2).random(2)) == draws[(0, 1, 2)]  # a pure function
