@@ -47,7 +47,7 @@ class BlockSpec:
     # issue 13's ops (defaults: the block as before)
     rsign: bool = False  # an RSign before the binary conv (binarizers in PLAIN_SIGN)
     act: str = "none"  # after the batch norm: a key of ACTS
-    scale: bool = False  # then y * per-channel buffer + 0.125
+    scale: bool = False  # then y * per-channel buffer + per-channel offset (both signs)
     cat: bool = False  # then torch.cat([y, x], dim=1) (same resolution only)
 
 
@@ -198,6 +198,11 @@ class Block(nn.Module):
         self.use_scale, self.cat = b.scale, b.cat
         if b.scale:
             self.register_buffer("scale", torch.linspace(0.5, 1.5, b.out))
+            # offsets of both signs, none near 0: a binary layer after a never-negative
+            # activation (ReLU6, PReLU with a negative slope) still sees both signs, and a
+            # zeroed input plus its offset is never a tie for the sign
+            offsets = [(-1) ** i * 0.125 * (1 + i % 3) / 3 for i in range(b.out)]
+            self.register_buffer("offset", torch.tensor(offsets).view(1, -1, 1, 1))
         pad = b.dilation * (b.kernel - 1) // 2 if b.same else 0
         self.conv: nn.Module
         if b.binary:
@@ -230,7 +235,7 @@ class Block(nn.Module):
         y = self.bn(self.conv(x if self.rsign is None else self.rsign(x)))
         y = self.act(y)
         if self.use_scale:
-            y = y * self.scale.view(1, -1, 1, 1) + 0.125
+            y = y * self.scale.view(1, -1, 1, 1) + self.offset
         if self.residual:
             y = y + x
         if self.cat:
@@ -301,6 +306,17 @@ def build_model(spec: ModelSpec) -> nn.Module:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
     recalibrate_batchnorm(model, calib)
+    with torch.no_grad():
+        # A channel constant over the calibration inputs (e.g. a binary layer fed a tensor
+        # that is never negative: ReLU6, PReLU with a negative slope, + 0.125) gets
+        # running_var ~0, and its batch norm multiplies float32 rounding by 1/sqrt(eps)
+        # ~ 316: the model is ill-conditioned (float32 torch vs float64 torch already
+        # differ on every sample), which says nothing about the export. Such channels get
+        # variance 1; their mean stays, so the constant channel is still exported.
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                assert m.running_var is not None
+                m.running_var[m.running_var < 1e-4] = 1.0
     model.eval()
     return model
 

@@ -108,12 +108,6 @@ def lce() -> Iterator[LceServer]:
         yield server
 
 
-@pytest.mark.xfail(
-    reason="KNOWN FAILURE, open in issue 13: since the generator gained the new ops, seeded "
-    "cases with a float block and a binary head of 1-2 units fail parity (torch fp32 vs fp64 "
-    "unstable on every sample; OpenVINO 0.0012 off vs tol 0.001); to be fixed, not ignored",
-    strict=False,
-)
 @_settings(ONNX_EXAMPLES)
 @given(spec=model_specs())
 def test_fuzz_onnx_parity(spec: ModelSpec) -> None:
