@@ -125,6 +125,7 @@ class ArrayDataset(EpochDataset):
         return len(self.y)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        index = range(len(self))[index]  # a plain int in range (IndexError otherwise)
         image = self.x[index]
         if self.augment is not None:
             image = self.augment(image, self.rng(index))
@@ -168,6 +169,7 @@ class ImageFolderDataset(EpochDataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        index = range(len(self))[index]  # a plain int in range (IndexError otherwise)
         img = imagefolder.open_rgb(self.split.path(index))
         size = self.input_shape[1:]
         if self.augment:

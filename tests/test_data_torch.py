@@ -27,6 +27,9 @@ def test_digits_training_data_is_the_numpy_dataset_unaugmented() -> None:
     np.testing.assert_array_equal(x, data.x_train)
     item, label = td.train[0]
     assert item.dtype == torch.float32 and isinstance(label, int)
+    assert torch.equal(td.train[-1][0], td.train[len(td.train) - 1][0])
+    with pytest.raises(IndexError):
+        td.train[len(td.train)]
 
 
 def test_adapted_input_shape_matches_numpy_adapt() -> None:
