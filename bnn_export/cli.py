@@ -46,7 +46,7 @@ def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Train binary neural networks and export them to LCE TFLite and ONNX."""
-    ctx.obj = {"debug": debug}
+    ctx.ensure_object(dict)["debug"] = debug
 
 
 def _positive_lr(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -75,6 +75,69 @@ def training_options(f: Any) -> Any:
             default=None,
             help="PyTorch intra-op threads (default: 1 for models under 10M MACs per "
             "sample, where more threads cost more than they give; else all cores).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def engine_options(f: Any) -> Any:
+    """``train``'s PyTorch engine options: device, precision, data parallelism, data
+    loading, resuming, TensorBoard (docs/training.md)."""
+    options = [
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            help="PyTorch device: auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps.",
+        ),
+        click.option(
+            "--precision",
+            default="fp32",
+            show_default=True,
+            type=click.Choice(["fp32", "bf16", "fp16"]),
+            help="Mixed precision of the forward pass (autocast); weights and checkpoints "
+            "stay float32. fp16 (with loss scaling) needs CUDA; the CPU takes bf16.",
+        ),
+        click.option(
+            "--nproc",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Data-parallel processes on this host (runs torch.distributed.run, as "
+            "torchrun --nproc-per-node N -m bnn_export train ... would). --batch-size is "
+            "the GLOBAL batch, split evenly: it must be divisible by N.",
+        ),
+        click.option(
+            "--sync-bn/--no-sync-bn",
+            default=None,
+            help="Batch norm over the global batch when data-parallel (default: on with "
+            "more than one process; off: each process normalizes its own share).",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=None,
+            help="DataLoader worker processes per training process (default: 0 for "
+            "in-memory data without augmentation, else up to 4).",
+        ),
+        click.option(
+            "--no-augment",
+            is_flag=True,
+            help="Train without the dataset's standard augmentation (e.g. CIFAR-10 crop+flip).",
+        ),
+        click.option(
+            "--resume",
+            type=click.Path(),
+            default=None,
+            help="Continue the interrupted (or finished) run in this directory with its "
+            "recorded model, data and settings, up to --epochs in all (default: its own).",
+        ),
+        click.option(
+            "--tensorboard",
+            is_flag=True,
+            help="Also write TensorBoard event files under DIR/tensorboard (needs -o and the "
+            "tensorboard package).",
         ),
     ]
     for option in reversed(options):
@@ -149,6 +212,7 @@ def training_options(f: Any) -> Any:
     default=None,
     help="Run directory to write (checkpoint.safetensors, metrics.json).",
 )
+@engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(
@@ -171,17 +235,46 @@ def train(
     width: float | None,
     pad_value: str,
     output: str | None,
+    device: str,
+    precision: str,
+    nproc: int | None,
+    sync_bn: bool | None,
+    workers: int | None,
+    no_augment: bool,
+    resume: str | None,
+    tensorboard: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Train a BNN and write a run directory."""
+    """Train a BNN and write a run directory.
+
+    PyTorch runs write DIR from the first finished epoch on (resume.pt, metrics.jsonl);
+    a run that is stopped continues with --resume DIR. Data-parallel: --nproc N, or
+    torchrun --nproc-per-node N -m bnn_export train ... (see docs/training.md)."""
     from bnn_export.datasets import load_dataset
     from bnn_export.models import arch_spec
     from bnn_export.run import train_run
     from bnn_export.train_settings import TrainSettings
 
+    ctx = click.get_current_context()
     if framework not in ("torch", "larq"):
         raise unknown_name("framework", framework, ("torch", "larq"))
+    if framework == "larq":
+        _refuse_torch_only_for_larq(ctx)
+    engine: dict[str, Any] = {
+        "device": device,
+        "precision": precision,
+        "sync_bn": sync_bn,
+        "workers": workers,
+        "augment": not no_augment,
+        "tensorboard": tensorboard,
+    }
+    if nproc is not None and nproc > 1:
+        _launch_data_parallel(ctx, nproc, batch_size, output or resume)
+        return
+    if resume is not None:
+        _train_resumed(ctx, resume, output, epochs, engine, quiet=quiet, as_json=as_json)
+        return
     if num_threads is not None and framework != "torch":
         raise BnnExportError(
             "--num-threads sets PyTorch's intra-op threads; the Larq trainer does not take it",
@@ -219,6 +312,7 @@ def train(
         num_threads=num_threads,
         weight_decay=weight_decay,
         progress=not quiet and not as_json,
+        **(engine if framework == "torch" else {}),
     )
     metrics = train_run(
         framework=framework,
@@ -228,14 +322,194 @@ def train(
         settings=settings,
         output=output,
     )
+    _report_training(metrics, output, as_json)
+
+
+def _report_training(metrics: dict[str, Any], output: str | None, as_json: bool) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return  # data-parallel: rank 0 reports
     where = f" -> {output}" if output else ""
     _emit(
         metrics,
         as_json,
-        f"{model_name}/{config.name}/{framework} on {data.spec}: test accuracy "
-        f"{metrics['test_accuracy']:.2%} after {epochs} epochs "
-        f"({metrics['train_seconds']:.1f}s){where}",
+        f"{metrics['model']}/{metrics['binarizer']['name']}/{metrics['framework']} on "
+        f"{metrics['dataset']}: test accuracy {metrics['test_accuracy']:.2%} after "
+        f"{metrics['epochs']} epochs ({metrics['train_seconds']:.1f}s){where}",
     )
+
+
+#: ``train`` options a resumed run may change; every other one must match the record
+RESUME_MAY_CHANGE = (
+    "epochs",
+    "device",
+    "precision",
+    "workers",
+    "num_threads",
+    "tensorboard",
+    "nproc",
+    "resume",
+    "output",
+    "as_json",
+    "quiet",
+)
+#: options only the PyTorch trainer takes (with their defaults)
+TORCH_ONLY = (
+    "device",
+    "precision",
+    "nproc",
+    "sync_bn",
+    "workers",
+    "no_augment",
+    "resume",
+    "tensorboard",
+)
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _option(ctx: click.Context, name: str) -> str:
+    for param in ctx.command.params:
+        if param.name == name and param.opts:
+            return max(param.opts, key=len)
+    return name
+
+
+def _refuse_torch_only_for_larq(ctx: click.Context) -> None:
+    for name in TORCH_ONLY:
+        if _given(ctx, name):
+            raise BnnExportError(
+                f"{_option(ctx, name)} is an option of the PyTorch trainer; the Larq "
+                "trainer does not take it",
+                hint=f"drop {_option(ctx, name)}, or train with --framework torch",
+            )
+
+
+def _launch_data_parallel(
+    ctx: click.Context, nproc: int, batch_size: int, output: str | None
+) -> None:
+    """``--nproc N``: run this same command in N processes (rank 0 reports)."""
+    import os
+
+    from bnn_export import distributed as dd
+
+    if dd.from_env().distributed:
+        raise BnnExportError(
+            f"--nproc inside an already data-parallel run (WORLD_SIZE={os.environ['WORLD_SIZE']})",
+            hint="use either torchrun or --nproc, not both",
+        )
+    if batch_size % nproc and ctx.params.get("resume") is None:
+        raise BnnExportError(
+            f"--batch-size {batch_size} is not divisible by --nproc {nproc} (it is the "
+            "global batch, split evenly across the processes)",
+            hint=f"pass a --batch-size that is a multiple of {nproc}",
+        )
+    if output is not None:
+        check_writable(output)
+    root = ctx.find_root().obj or {}
+    argv = root.get("argv")
+    if argv is None:
+        argv = sys.argv[1:]
+    dd.launch(nproc, dd.strip_nproc(list(argv)), output)
+
+
+def _train_resumed(
+    ctx: click.Context,
+    directory: str,
+    output: str | None,
+    epochs: int,
+    engine: dict[str, Any],
+    *,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """``--resume DIR``: continue the run recorded in DIR, refusing contradicting options."""
+    import dataclasses
+    import os
+
+    from bnn_export.datasets import load_dataset
+    from bnn_export.resume import load_state
+    from bnn_export.run import train_run
+    from bnn_export.train_settings import TrainSettings
+
+    if output is not None and os.path.abspath(output) != os.path.abspath(directory):
+        raise BnnExportError(
+            f"-o {output} differs from --resume {directory}; a resumed run writes into "
+            "its own directory",
+            hint="drop -o",
+        )
+    state = load_state(directory)
+    run = state["run"]
+    if run.get("framework") != "torch":
+        raise BnnExportError(
+            f"{directory!r} is not a PyTorch run; only PyTorch runs are resumable",
+            hint="train it again",
+        )
+    recorded = dict(run["settings"])
+    recorded_values = {
+        "framework": run["framework"],
+        "model_name": run["arch"]["name"],
+        "dataset": run["dataset"],
+        "binarizer": run["binarizer"]["name"],
+        "no_augment": not recorded.get("augment", True),
+        **recorded,
+    }
+    for name, value in ctx.params.items():
+        if name in RESUME_MAY_CHANGE or not _given(ctx, name):
+            continue
+        have = recorded_values.get(name, _MISSING)
+        same = have is not _MISSING and (
+            list(value) == list(have)
+            if isinstance(value, list | tuple) and isinstance(have, list | tuple)
+            else value == have
+        )
+        if not same:
+            was = "" if have is _MISSING else f" (it was trained with {have!r})"
+            raise BnnExportError(
+                f"{_option(ctx, name)} {value!r} contradicts the run in {directory}{was}",
+                hint=f"drop {_option(ctx, name)}: --resume continues with the run's recorded "
+                "model, data and settings (only --epochs, --device, --precision, --workers, "
+                "--num-threads, --tensorboard and --nproc may change)",
+            )
+    done = int(state["epoch"])
+    total = epochs if _given(ctx, "epochs") else int(recorded["epochs"])
+    if total < done:
+        raise BnnExportError(
+            f"--epochs {total}: the run in {directory} has already trained {done} epochs",
+            hint=f"pass --epochs {done + 1} or more to train further",
+        )
+    if total == done:
+        raise BnnExportError(
+            f"the run in {directory} has already finished its {done} epochs",
+            hint=f"pass --epochs N (N > {done}) to train it further",
+        )
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    values = {k: v for k, v in recorded.items() if k in fields and k != "progress"}
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    values.update(epochs=total, progress=not quiet and not as_json)
+    values.update({k: engine[k] for k in ("device", "precision", "workers", "tensorboard")})
+    if _given(ctx, "num_threads"):
+        values["num_threads"] = ctx.params["num_threads"]
+    settings = TrainSettings(**values)
+    metrics = train_run(
+        framework="torch",
+        arch=run["arch"],
+        binarizer=binarizer_registry.get(run["binarizer"]),
+        data=load_dataset(run["dataset"]),
+        settings=settings,
+        output=directory,
+        resume=state,
+    )
+    _report_training(metrics, directory, as_json)
+
+
+_MISSING = object()
 
 
 def _num_classes(asked: int | None, in_data: int) -> int:
@@ -651,6 +925,18 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
+def _interrupted_detail(exc: BaseException) -> str:
+    """What the interrupted command left behind (a training run says: resumable or not)."""
+    return str(getattr(exc, "bnn_export_detail", "no output was written"))
+
+
+def _launched() -> bool:
+    """A worker of ``train --nproc``: its launcher reports interruptions and failures."""
+    import os
+
+    return os.environ.get("BNN_EXPORT_LAUNCHED") == "1" and "RANK" in os.environ
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -658,21 +944,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = list(sys.argv[1:] if argv is None else argv)
         # not cli.main(): it turns Ctrl-C into click's Abort after printing a blank line
-        with cli.make_context("bnn-export", args) as ctx:
+        with cli.make_context("bnn-export", args, obj={"argv": args}) as ctx:
             cli.invoke(ctx)
     except BnnExportError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        if not (getattr(exc, "consequential", False) and _launched()):
+            click.echo(f"error: {exc}", err=True)
         return EXIT_USER_ERROR
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
         return EXIT_INTERRUPTED
     except Terminated as exc:
-        click.echo("error: terminated (SIGTERM); no output was written", err=True)
+        if not _launched():
+            click.echo(f"error: terminated (SIGTERM); {_interrupted_detail(exc)}", err=True)
         return 128 + exc.signum
-    except KeyboardInterrupt:
-        click.echo("error: interrupted; no output was written", err=True)
+    except KeyboardInterrupt as exc:
+        if not _launched():
+            click.echo(f"error: interrupted; {_interrupted_detail(exc)}", err=True)
         return EXIT_INTERRUPTED
     except click.ClickException as exc:
         exc.show()

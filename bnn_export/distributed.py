@@ -1,0 +1,418 @@
+"""Data-parallel training support: the process group, global-batch sharding, batch norm
+over the global batch on CPU, and the ``--nproc`` launcher.
+
+A run with ``WORLD_SIZE > 1`` in its environment (``torchrun``, or ``train --nproc N``,
+which starts ``torch.distributed.run``'s agent) trains one replica per process. The
+global batch (``--batch-size``) is split evenly across the processes; gradients are
+averaged by ``DistributedDataParallel``; the loss of each process is scaled so that the
+average is the gradient of the mean loss over the global batch, whatever the split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+
+from bnn_export.errors import BnnExportError
+
+#: set in the environment of the processes ``launch`` starts (the launcher reports errors)
+LAUNCHED_ENV = "BNN_EXPORT_LAUNCHED"
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a data-parallel run (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that prints progress and writes the run directory."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise BnnExportError(
+            f"environment variable {name}={value!r} is not an integer",
+            hint="launch data-parallel runs with torchrun or `bnn-export train --nproc N`",
+        ) from None
+
+
+def from_env() -> DistInfo:
+    """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them (defaults: one process)."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local = _env_int("LOCAL_RANK", rank)
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise BnnExportError(
+            f"inconsistent process environment: RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local}",
+            hint="launch data-parallel runs with torchrun or `bnn-export train --nproc N`",
+        )
+    return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def launched() -> bool:
+    """Whether this process was started by ``launch`` (whose parent reports failures)."""
+    return os.environ.get(LAUNCHED_ENV) == "1"
+
+
+@contextlib.contextmanager
+def process_group(info: DistInfo, device: torch.device) -> Iterator[None]:
+    """Join the process group (gloo on CPU, nccl on CUDA) for the duration of the block;
+    nothing to do for one process or a group that already exists."""
+    import torch.distributed as dist
+
+    if not info.distributed or dist.is_initialized():
+        yield
+        return
+    if not dist.is_available():
+        raise BnnExportError(
+            "this PyTorch build has no torch.distributed",
+            hint="train with one process, or install a PyTorch build with distributed support",
+        )
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    try:
+        dist.init_process_group(
+            backend=backend, rank=info.rank, world_size=info.world_size, init_method="env://"
+        )
+    except ValueError as exc:  # e.g. MASTER_ADDR missing
+        raise BnnExportError(
+            f"cannot join the process group: {exc}",
+            hint="launch data-parallel runs with torchrun or `bnn-export train --nproc N`",
+        ) from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Batches of indices for one process of ``world_size``: every epoch a permutation
+    seeded by (seed, epoch) is cut into global batches of ``batch_size`` (the last one may
+    be short), and each process takes its contiguous share of every global batch.
+
+    So the samples of step s are the same whatever the number of processes, and N
+    processes with a global batch B see exactly the batches one process with B sees
+    (``torch.utils.data.DistributedSampler`` instead pads the dataset with repeated
+    samples and strides over it). A final global batch with fewer samples than processes
+    is dropped (never with one process)."""
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        if batch_size % world_size:
+            raise BnnExportError(
+                f"--batch-size {batch_size} is not divisible by the {world_size} training "
+                "processes (it is the global batch, split evenly across them)",
+                hint=f"pass a --batch-size that is a multiple of {world_size}",
+            )
+        if size < 1:
+            raise BnnExportError("the training set is empty", hint="check the dataset")
+        self.size = size
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the permutation of ``epoch`` from now on."""
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[np.ndarray]:
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed % 2**63, self.epoch])
+            order = rng.permutation(self.size)
+        else:
+            order = np.arange(self.size)
+        batches = [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+        if len(batches[-1]) < self.world_size:
+            batches.pop()
+        return batches
+
+    def global_sizes(self) -> list[int]:
+        """The global batch size of every step of the current epoch."""
+        return [len(b) for b in self._global_batches()]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global_batches():
+            yield np.array_split(batch, self.world_size)[self.rank].tolist()
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.size, self.batch_size)
+        return full + (1 if rest >= self.world_size else 0)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of the global batch, summed over
+    the processes with autograd-aware all-reduces (works on gloo, unlike
+    ``nn.SyncBatchNorm``, which needs GPUs). Two all-reduces per layer: the mean, then the
+    centred sum of squares (not E[x^2] - E[x]^2, which loses precision). In evaluation
+    mode, or outside a process group, it is a plain batch norm; its state dict is that of
+    ``nn.BatchNorm*d``."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
+            return super().forward(input)
+        self._check_input_dim(input)
+        x = input.float()
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        local_count = x.new_tensor([x.numel() / x.shape[1]])
+        sums = all_reduce(torch.cat([x.sum(dims), local_count]))
+        count = sums[-1]
+        mean = sums[:-1] / count
+        centred = x - mean.reshape(shape)
+        var = all_reduce((centred * centred).sum(dims)) / count
+        y = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        if self.affine:
+            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        if self.track_running_stats and self.running_mean is not None:
+            assert self.running_var is not None and self.num_batches_tracked is not None
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
+                    else self.momentum
+                )
+                n = float(count)
+                unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+        return y.to(input.dtype)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes; the gradient of every process's input is the sum of the
+    output gradients (each process's loss depends on every input)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    """Autograd-aware sum of ``x`` over the processes."""
+    return cast(torch.Tensor, _AllReduceSum.apply(x))
+
+
+def convert_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Batch norm over the global batch: ``nn.SyncBatchNorm`` on CUDA, ``GlobalBatchNorm``
+    elsewhere. Converts children in place; returns the (possibly new) root."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert_cpu(model)
+
+
+def _convert_cpu(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
+        module, GlobalBatchNorm
+    ):
+        new = GlobalBatchNorm(
+            module.num_features,
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        )
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in list(module.named_children()):
+        converted = _convert_cpu(child)
+        if converted is not child:
+            module.add_module(name, converted)
+    return module
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over the processes (the values themselves with one process)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return [float(v) for v in t.cpu()]
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every process's ``obj``, in rank order (``[obj]`` with one process)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Wait for every process (nothing to do with one)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def strip_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N`` (the workers must not relaunch)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        out.append(arg)
+    return out
+
+
+def launch(nproc: int, argv: list[str], output: str | None) -> None:
+    """Run ``python -m bnn_export <argv>`` in ``nproc`` processes through
+    ``torch.distributed.run``'s agent (standalone rendezvous on this host), as
+    ``torchrun --standalone --nproc-per-node nproc -m bnn_export <argv>`` would. A process
+    that fails stops the others; that is reported as one ``BnnExportError``, saying what
+    became of the run directory ``output``."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
+    env_before = {k: os.environ.get(k) for k in (LAUNCHED_ENV, "OMP_NUM_THREADS")}
+    os.environ[LAUNCHED_ENV] = "1"
+    if env_before["OMP_NUM_THREADS"] is None:  # else the agent sets 1 and logs a warning
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    loggers = [logging.getLogger(n) for n in ("torch.distributed", "torch.distributed.elastic")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        elastic_launch(config, sys.executable)("-m", "bnn_export", *argv)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        if code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with status {code}"
+        raise BnnExportError(
+            f"training process rank {rank} of {nproc} {how}; the others were stopped. "
+            + _output_fate(output),
+            hint=_resume_hint(output) or "see the process's error above",
+        ) from None
+    except SignalException as exc:
+        interrupted = KeyboardInterrupt(f"signal {exc.sigval}")
+        interrupted.bnn_export_detail = _output_fate(output) + (  # type: ignore[attr-defined]
+            f" Continue with: bnn-export train --resume {output}" if _resume_hint(output) else ""
+        )
+        raise interrupted from None
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _output_fate(output: str | None) -> str:
+    if output is None:
+        return "No output was written (no -o)."
+    from bnn_export.resume import RESUME_NAME, completed_epochs
+
+    state = Path(output) / RESUME_NAME
+    if not state.is_file():
+        return "No run directory was written."
+    return f"{output} holds the state after epoch {completed_epochs(output)}."
+
+
+def _resume_hint(output: str | None) -> str | None:
+    from bnn_export.resume import RESUME_NAME
+
+    if output is not None and (Path(output) / RESUME_NAME).is_file():
+        return f"continue it with: bnn-export train --resume {output}"
+    return None

@@ -1,0 +1,294 @@
+"""Data-parallel training (DDP on gloo, CPU): N processes with a global batch B reach the
+weights one process with B reaches; the CLI's --nproc and torchrun; a dying worker."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from bnn_export import binarizers
+from bnn_export import distributed as dd
+from bnn_export.datasets import load_dataset
+from bnn_export.errors import BnnExportError
+from bnn_export.models import arch_spec
+from bnn_export.models.layers import BinaryConv2d, BinaryLinear
+from bnn_export.models.torch_build import build_torch_model, torch_state
+from bnn_export.train_settings import TrainSettings
+from bnn_export.train_torch import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOW = os.environ.get("BNN_SLOW_TESTS") == "1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _small_digits(n: int = 136):  # type: ignore[no-untyped-def]
+    data = load_dataset("digits")
+    # 136 samples, global batch 64: 2 full steps and a short one of 8 (4 per process)
+    return dataclasses.replace(
+        data,
+        x_train=data.x_train[:n],
+        y_train=data.y_train[:n],
+        x_test=data.x_test[:64],
+        y_test=data.y_test[:64],
+    )
+
+
+def _model(kind: str, binarizer: str) -> torch.nn.Module:
+    """``zoo``: the digits CNN (batch norm: GlobalBatchNorm with 2 processes); ``plain``: a
+    float conv, a binary conv and a binary dense layer, no batch norm."""
+    config = binarizers.get(binarizer)
+    if kind == "zoo":
+        return build_torch_model(arch_spec("digits", num_classes=10), config, seed=3)
+    torch.manual_seed(3)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3),
+        BinaryConv2d(8, 16, 3, binarizer=config),
+        torch.nn.Flatten(),
+        BinaryLinear(16 * 4 * 4, 10, binarizer=config),
+    )
+
+
+def _train_weights(case: str, rank: int, world: int, epochs: int) -> dict[str, np.ndarray]:
+    kind, binarizer = case.split(":")
+    model = _model(kind, binarizer)
+    settings = TrainSettings(
+        epochs=epochs,
+        batch_size=64,
+        lr=1e-2,
+        seed=5,
+        progress=False,
+        device="cpu",
+        num_threads=1,
+        optimizer="sgd",
+    )
+    info = dd.DistInfo(rank=rank, world_size=world, local_rank=rank)
+    with dd.process_group(info, torch.device("cpu")):
+        train(model, _small_digits(), settings, dist_info=info)
+    return torch_state(model)
+
+
+def _worker(rank: int, world: int, port: int, case: str, epochs: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    state = _train_weights(case, rank, world, epochs)
+    if rank == 0:
+        np.savez(out, **state)
+
+
+@pytest.mark.parametrize("case", ["zoo:ste", "plain:siman"])
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, case: str) -> None:
+    """2 processes x 32 samples == 1 process x 64 samples, step for step (3 steps, the
+    last a short global batch of 8): the loss scaling makes DDP's averaged gradient the
+    global-batch mean, GlobalBatchNorm normalizes over the global batch (zoo model), and
+    binarizer state stays identical across the processes: SiMaN's per-channel alpha
+    (initialized in the first forward) and clipping buffer.
+
+    Exactness needs arithmetic where float summation order cannot flip a sign: the digits
+    CNN with ste (integer-valued pre-activations), and a model without batch norm for the
+    binarizers with real-valued weights (there, float noise in the batch statistics flips
+    an activation sign now and then). SGD, not Adam: Adam divides each update by the
+    gradient's magnitude, so for near-zero gradients summation order decides the step."""
+    out = tmp_path / "ddp.npz"
+    mp.spawn(_worker, args=(2, _free_port(), case, 1, str(out)), nprocs=2, join=True)
+    two = dict(np.load(out))
+    one = _train_weights(case, 0, 1, epochs=1)
+    assert sorted(two) == sorted(one)
+    for name in one:
+        # running variances (~1e2) are float32 sums over the batch in another order
+        rtol = 5e-5 if name.endswith("running_var") else 1e-5
+        np.testing.assert_allclose(two[name], one[name], rtol=rtol, atol=1e-5, err_msg=name)
+    # the comparison can fail: training moved the weights away from their initial values
+    init = torch_state(_model(*case.split(":")))
+    moved = [k for k in one if k.endswith("weight") and not np.allclose(one[k], init[k])]
+    assert len(moved) >= 2
+
+
+def test_global_batch_sampler_shards_cover_the_global_batches() -> None:
+    one = dd.GlobalBatchSampler(100, 16, seed=7)
+    shards = [dd.GlobalBatchSampler(100, 16, rank=r, world_size=4, seed=7) for r in range(4)]
+    for epoch in (0, 3):
+        for s in [one, *shards]:
+            s.set_epoch(epoch)
+        whole = list(one)
+        parts = [list(s) for s in shards]
+        assert [len(p) for p in parts] == [len(whole)] * 4 == [len(s) for s in shards]
+        for step, batch in enumerate(whole):
+            assert [i for p in parts for i in p[step]] == batch
+    assert one.global_sizes() == [16] * 6 + [4]
+    first = list(one)
+    one.set_epoch(4)
+    assert list(one) != first  # reshuffled per epoch
+    with pytest.raises(BnnExportError, match="not divisible"):
+        dd.GlobalBatchSampler(100, 10, world_size=4)
+    # a last global batch smaller than the process count is dropped
+    assert len(dd.GlobalBatchSampler(65, 16, rank=0, world_size=4)) == 4
+    assert len(list(dd.GlobalBatchSampler(65, 16, rank=3, world_size=4))) == 4
+
+
+def _cli(*args: str, **kw):  # type: ignore[no-untyped-def]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "bnn_export", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        **kw,
+    )
+
+
+def test_nproc_run_writes_the_files_a_single_process_run_writes(tmp_path: Path) -> None:
+    common = ["train", "--epochs", "1", "--device", "cpu", "--quiet", "--batch-size", "64"]
+    single = _cli(*common, "-o", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    two = _cli(*common, "--nproc", "2", "--json", "-o", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr
+    metrics = json.loads(two.stdout)  # printed once, by rank 0
+    assert metrics["epochs"] == 1 and metrics["settings"]["device"] == "cpu"
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert {"checkpoint.safetensors", "metrics.json", "metrics.jsonl", "resume.pt"} <= set(names)
+    assert not [line for line in two.stderr.splitlines() if line.startswith("error")]
+    assert "Warning" not in two.stderr, two.stderr
+
+
+def test_nproc_refuses_a_batch_it_cannot_split(tmp_path: Path) -> None:
+    r = _cli(
+        "train", "--epochs", "1", "--batch-size", "63", "--nproc", "2", "-o", str(tmp_path / "R")
+    )
+    assert r.returncode == 2
+    assert "not divisible by --nproc 2" in r.stderr
+    assert not (tmp_path / "R").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds workers in /proc")
+def test_a_killed_worker_fails_the_run_with_one_error_and_no_run_directory(tmp_path: Path) -> None:
+    out = tmp_path / "R"
+    marker = f"{os.getpid()}-{time.monotonic_ns()}"
+    # resnet20 on digits: its first epoch takes far longer than the wait before the kill
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bnn_export",
+            "train",
+            "--model",
+            "resnet20",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--nproc",
+            "2",
+            "--quiet",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "OMP_NUM_THREADS": "1",
+            "BNN_TEST_MARKER": marker,
+        },
+    )
+    try:
+        victim = _find_worker(marker, rank=1, proc=proc)
+        time.sleep(3)  # into training
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert "was killed by SIGKILL" in errors[0] or "exited with status" in errors[0], stderr
+    assert "No run directory was written" in errors[0], stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".R.")]
+
+
+def _find_worker(marker: str, *, rank: int, proc: subprocess.Popen[str]) -> int:
+    """The pid of the worker process of ``rank`` whose environment carries ``marker``."""
+    want = {f"BNN_TEST_MARKER={marker}".encode(), f"RANK={rank}".encode()}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                env = set((entry / "environ").read_bytes().split(b"\0"))
+            except OSError:
+                continue
+            if want <= env:
+                return int(entry.name)
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early: {proc.communicate()}")
+        time.sleep(0.1)
+    raise AssertionError("no worker process appeared")
+
+
+@pytest.mark.skipif(not SLOW, reason="slow (resnet20 under torchrun); BNN_SLOW_TESTS=1")
+def test_torchrun_resnet20_matches_a_single_process_run_layout(tmp_path: Path) -> None:
+    args = [
+        "train",
+        "--model",
+        "resnet20",
+        "--dataset",
+        "digits",
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--quiet",
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "bnn_export",
+            *args,
+            "-o",
+            str(tmp_path / "R"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    single = _cli(*args, "-o", str(tmp_path / "S"))
+    assert single.returncode == 0, single.stderr
+    assert sorted(p.name for p in (tmp_path / "R").iterdir()) == sorted(
+        p.name for p in (tmp_path / "S").iterdir()
+    )
