@@ -155,19 +155,57 @@ def _cli(*args: str, **kw):  # type: ignore[no-untyped-def]
     )
 
 
-def test_nproc_run_writes_the_files_a_single_process_run_writes(tmp_path: Path) -> None:
-    common = ["train", "--epochs", "1", "--device", "cpu", "--quiet", "--batch-size", "64"]
-    single = _cli(*common, "-o", str(tmp_path / "one"))
-    assert single.returncode == 0, single.stderr
-    two = _cli(*common, "--nproc", "2", "--json", "-o", str(tmp_path / "two"))
+COMMON = ["train", "--epochs", "1", "--device", "cpu", "--quiet", "--batch-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    out = tmp_path_factory.mktemp("single") / "R"
+    r = _cli(*COMMON, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert {"checkpoint.safetensors", "metrics.json", "metrics.jsonl", "resume.pt"} <= set(names)
+    return names
+
+
+def test_nproc_run_writes_the_files_a_single_process_run_writes(
+    tmp_path: Path, single_run: list[str]
+) -> None:
+    two = _cli(*COMMON, "--nproc", "2", "--json", "-o", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr
     metrics = json.loads(two.stdout)  # printed once, by rank 0
     assert metrics["epochs"] == 1 and metrics["settings"]["device"] == "cpu"
-    names = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
-    assert {"checkpoint.safetensors", "metrics.json", "metrics.jsonl", "resume.pt"} <= set(names)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == single_run
     assert not [line for line in two.stderr.splitlines() if line.startswith("error")]
     assert "Warning" not in two.stderr, two.stderr
+
+
+def test_torchrun_run_writes_the_files_a_single_process_run_writes(
+    tmp_path: Path, single_run: list[str]
+) -> None:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "bnn_export",
+            *COMMON,
+            "-o",
+            str(tmp_path / "R"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("test accuracy") == 1  # rank 0 reports
+    assert sorted(p.name for p in (tmp_path / "R").iterdir()) == single_run
 
 
 def test_nproc_refuses_a_batch_it_cannot_split(tmp_path: Path) -> None:
