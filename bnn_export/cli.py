@@ -66,7 +66,7 @@ def training_options(f: Any) -> Any:
             show_default=True,
             type=float,
             callback=_positive_lr,
-            help="Adam learning rate (cosine decay to 0).",
+            help="Peak learning rate (see --optimizer, --schedule, --recipe).",
         ),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option(
@@ -145,6 +145,125 @@ def engine_options(f: Any) -> Any:
     return f
 
 
+def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise BnnExportError(
+            f"--milestones must be comma-separated whole epochs, got {value!r}",
+            hint="e.g. --milestones 150,250,320",
+        ) from None
+
+
+def optimization_options(f: Any) -> Any:
+    """``train``'s recipe, optimizer and schedule options (``TrainSettings`` fields;
+    docs/recipes.md), and Larq's ``--devices``."""
+    from bnn_export import lr_schedule, recipes
+
+    options = [
+        click.option(
+            "--recipe",
+            default=None,
+            help="Start from an official implementation's CIFAR-10 settings (bnn-export list, "
+            "docs/recipes.md); flags given explicitly override its values: "
+            + ", ".join(recipes.names())
+            + ".",
+        ),
+        click.option(
+            "--optimizer",
+            default="adam",
+            show_default=True,
+            type=click.Choice(lr_schedule.OPTIMIZERS),
+            help="adam and sgd: coupled L2 weight decay; adamw: decoupled.",
+        ),
+        click.option(
+            "--momentum", default=0.9, show_default=True, type=float, help="sgd momentum."
+        ),
+        click.option("--nesterov/--no-nesterov", default=False, help="sgd: Nesterov momentum."),
+        click.option(
+            "--schedule",
+            default="cosine",
+            show_default=True,
+            type=click.Choice(lr_schedule.SCHEDULES),
+            help="cosine: to 0 at the end; step: times --gamma at each of --milestones.",
+        ),
+        click.option(
+            "--warmup-epochs",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Linear warm-up to --lr over this many epochs.",
+        ),
+        click.option(
+            "--milestones",
+            default=None,
+            callback=_milestones,
+            help="step schedule: comma-separated epochs at which the rate drops, e.g. 150,250.",
+        ),
+        click.option(
+            "--gamma", default=0.1, show_default=True, type=float, help="step schedule factor."
+        ),
+        click.option(
+            "--lr-interval",
+            default="step",
+            show_default=True,
+            type=click.Choice(lr_schedule.LR_INTERVALS),
+            help="Change the rate every optimizer step, or once per epoch.",
+        ),
+        click.option(
+            "--devices",
+            default=1,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Larq: train on N devices with tf.distribute.MirroredStrategy (GPUs, else "
+            "logical CPUs); --batch-size is the global batch.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+#: recipe keys -> the ``train`` parameters that set them
+_RECIPE_PARAMS = {
+    "model": "model_name",
+    "binarizer": "binarizer",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "optimizer": "optimizer",
+    "momentum": "momentum",
+    "nesterov": "nesterov",
+    "schedule": "schedule",
+    "warmup_epochs": "warmup_epochs",
+    "milestones": "milestones",
+    "gamma": "gamma",
+    "lr_interval": "lr_interval",
+}
+
+
+def _apply_recipe(ctx: click.Context, name: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``_RECIPE_PARAMS`` values of this ``train`` call, with the recipe's wherever the
+    user gave no flag, and the recipe's binarizer parameters (docs/recipes.md)."""
+    values = {key: ctx.params[param] for key, param in _RECIPE_PARAMS.items()}
+    if name is None:
+        return values, {}
+    from bnn_export import recipes
+
+    recipe = recipes.get(name)
+    explicit = {key for key, param in _RECIPE_PARAMS.items() if _given(ctx, param)}
+    if not _given(ctx, "dataset"):
+        raise BnnExportError(
+            f"recipe {name!r} trains on {recipe.dataset}, which is read from a directory",
+            hint=f"add --dataset {recipe.dataset}:DIR (the folder of the python batches), "
+            "or e.g. --dataset digits --model digits for a quick try",
+        )
+    return recipes.resolve(recipe, values, explicit)
+
+
 @cli.command()
 @click.option("--framework", default="torch", show_default=True, help="torch or larq.")
 @click.option(
@@ -179,6 +298,7 @@ def engine_options(f: Any) -> Any:
 @click.option("--siman-code", default=None, help="siman: pm1 (default, exportable) or 01.")
 @training_options
 @click.option("--weight-decay", default=0.0, show_default=True, type=float)
+@optimization_options
 @click.option(
     "--input-size",
     type=click.IntRange(min=1),
@@ -230,6 +350,16 @@ def train(
     seed: int,
     num_threads: int | None,
     weight_decay: float,
+    recipe: str | None,
+    optimizer: str,
+    momentum: float,
+    nesterov: bool,
+    schedule: str,
+    warmup_epochs: int,
+    milestones: tuple[int, ...],
+    gamma: float,
+    lr_interval: str,
+    devices: int,
     input_size: int | None,
     num_classes: int | None,
     width: float | None,
@@ -252,6 +382,7 @@ def train(
     a run that is stopped continues with --resume DIR. Data-parallel: --nproc N, or
     torchrun --nproc-per-node N -m bnn_export train ... (see docs/training.md)."""
     from bnn_export.datasets import load_dataset
+    from bnn_export.lr_schedule import check_optimization
     from bnn_export.models import arch_spec
     from bnn_export.run import train_run
     from bnn_export.train_settings import TrainSettings
@@ -261,6 +392,16 @@ def train(
         raise unknown_name("framework", framework, ("torch", "larq"))
     if framework == "larq":
         _refuse_torch_only_for_larq(ctx)
+    if devices > 1 and framework != "larq":
+        raise BnnExportError(
+            "--devices sets the replicas of the Larq trainer's MirroredStrategy; the PyTorch "
+            "trainer runs one process per device instead",
+            hint="drop --devices; for PyTorch use `bnn-export train --nproc N` or torchrun",
+        )
+    if resume is None:  # a resumed run keeps its recorded settings
+        resolved, recipe_params = _apply_recipe(ctx, recipe)
+        model_name, binarizer = resolved.pop("model"), resolved.pop("binarizer")
+        epochs, batch_size = resolved["epochs"], resolved["batch_size"]
     engine: dict[str, Any] = {
         "device": device,
         "precision": precision,
@@ -289,9 +430,15 @@ def train(
         )
     config = binarizer_registry.get(
         binarizer,
-        **binarizer_params(
-            bit_ratio=bit_ratio, granularity=ot_granularity, prune_rate=prune_rate, code=siman_code
-        ),
+        **{
+            **recipe_params,
+            **binarizer_params(
+                bit_ratio=bit_ratio,
+                granularity=ot_granularity,
+                prune_rate=prune_rate,
+                code=siman_code,
+            ),
+        },
     )
     data = load_dataset(dataset)
     arch = arch_spec(
@@ -305,15 +452,15 @@ def train(
     if output is not None:
         check_writable(output)
     settings = TrainSettings(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
+        **resolved,
         seed=seed,
         num_threads=num_threads,
-        weight_decay=weight_decay,
         progress=not quiet and not as_json,
+        devices=devices,
+        recipe=recipe,
         **(engine if framework == "torch" else {}),
     )
+    check_optimization(settings)
     metrics = train_run(
         framework=framework,
         arch=arch,
@@ -900,16 +1047,20 @@ def inspect(artifact: str, as_json: bool) -> None:
 @cli.command(name="list")
 @click.option("--json", "as_json", is_flag=True)
 def list_names(as_json: bool) -> None:
-    """List models, binarizers and datasets."""
+    """List models, binarizers, datasets and training recipes."""
+    from bnn_export import recipes
+
     result = {
         "models": {a.name: a.summary for a in ARCHS.values()},
         "binarizers": {b.name: b.summary for b in binarizer_registry.REGISTRY.values()},
         "datasets": DATASETS,
+        "recipes": {r.name: r.summary for r in recipes.RECIPES.values()},
     }
     lines = []
     for section, entries in result.items():
         lines.append(f"{section}:")
-        lines.extend(f"  {k:<12} {v}" for k, v in entries.items())
+        width = max(12, *(len(k) for k in entries))
+        lines.extend(f"  {k:<{width}} {v}" for k, v in entries.items())
     _emit(result, as_json, "\n".join(lines))
 
 

@@ -190,9 +190,11 @@ def train_run(
         from bnn_export.models.larq_build import build_larq_model, larq_state
         from bnn_export.models.larq_build import layer_bit_ratios as larq_bit_ratios
         from bnn_export.train_larq import accuracy as larq_accuracy
+        from bnn_export.train_larq import model_scope
         from bnn_export.train_larq import train as larq_train
 
-        keras_model = build_larq_model(arch, binarizer, seed=settings.seed)
+        with model_scope(settings):  # --devices N: mirrored variables
+            keras_model = build_larq_model(arch, binarizer, seed=settings.seed)
         history = larq_train(keras_model, data, settings)
         test_accuracy = larq_accuracy(keras_model, data.x_test, data.y_test)
         tensors = larq_state(keras_model)

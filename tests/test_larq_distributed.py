@@ -1,0 +1,184 @@
+"""Larq trainer: optimizers/schedules and data parallelism with MirroredStrategy.
+
+The multi-device runs happen in a child process that splits the CPU into two logical
+devices before TensorFlow starts (``tf.config.set_logical_device_configuration``); the
+child trains the same model from the same seed on one device (the ordinary path, fused
+batch norm) and on two (mirrored variables, synchronized batch norm, the global batch
+split 50/50, an odd last batch split unevenly) and prints the largest differences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.larq
+
+ROOT = Path(__file__).parents[1]
+SLOW = os.environ.get("BNN_SLOW_TESTS") == "1"
+
+CHILD = r"""
+import json, sys
+from dataclasses import replace
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from bnn_export.binarizers import get
+from bnn_export.datasets import load_dataset
+from bnn_export.errors import BnnExportError
+from bnn_export.models import arch_spec
+from bnn_export.models.larq_build import build_larq_model, larq_state
+from bnn_export.train_larq import distribution_strategy, model_scope, train
+from bnn_export.train_settings import TrainSettings
+
+case = json.loads(sys.argv[1])
+data = load_dataset("digits")
+n = case["samples"]  # n % batch odd: the last batch splits unevenly over 2 replicas
+data = replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n],
+               x_test=data.x_test[:32], y_test=data.y_test[:32])
+base = TrainSettings(progress=False, **{k: tuple(v) if isinstance(v, list) else v
+                                         for k, v in case["settings"].items()})
+arch = arch_spec("digits", num_classes=10)
+states, losses = [], []
+for devices in (1, 2):
+    settings = replace(base, devices=devices)
+    with model_scope(settings):
+        model = build_larq_model(arch, get(case["binarizer"]), seed=0)
+    history = train(model, data, settings)
+    states.append(larq_state(model))
+    losses.append(history[-1]["loss"])
+one, two = states
+try:
+    distribution_strategy(3)
+    refused = ""
+except BnnExportError as exc:
+    refused = str(exc)
+trainable = [k for k in one if not k.endswith(("moving_mean", "moving_variance"))
+             and one[k].dtype.kind == "f"]
+print("RESULT " + json.dumps({
+    "weights": max(float(np.abs(one[k] - two[k]).max()) for k in trainable),
+    "scale": max(float(np.abs(one[k]).max()) for k in trainable),
+    "moving_mean": max(float(np.abs(one[k] - two[k]).max() / (np.abs(one[k]).max() + 1e-3))
+                       for k in one if k.endswith("moving_mean")),
+    "moving_variance": max(float(np.abs(one[k] / two[k] - 1).max())
+                           for k in one if k.endswith("moving_variance")),
+    "losses": losses,
+    "refused": refused,
+}))
+"""
+
+
+def _child(case: dict[str, object]) -> dict[str, object]:
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(case)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result: dict[str, object] = json.loads(lines[-1][len("RESULT ") :])
+    return result
+
+
+def _check_same_training(result: dict[str, object]) -> None:
+    weights, scale = result["weights"], result["scale"]
+    assert isinstance(weights, float) and isinstance(scale, float)
+    assert weights <= 2e-5 * max(scale, 1.0), result  # float32 summation order only
+    assert result["moving_mean"] <= 1e-4, result  # type: ignore[operator]
+    # one device: fused batch norm, Bessel-corrected variance in the moving average;
+    # two: synchronized batch norm, population variance (docs/recipes.md)
+    assert result["moving_variance"] <= 2e-3, result  # type: ignore[operator]
+    one, two = result["losses"]  # type: ignore[misc]
+    assert abs(one - two) <= 1e-5 * abs(one)
+
+
+def test_two_devices_train_like_one() -> None:
+    """Adam with weight decay, warm-up + cosine, 3 steps (64, 64, 59: split 30/29)."""
+    result = _child(
+        {
+            "binarizer": "ste",
+            "samples": 187,
+            "settings": {
+                "epochs": 1,
+                "batch_size": 64,
+                "lr": 0.01,
+                "weight_decay": 1e-3,
+                "warmup_epochs": 1,
+            },
+        }
+    )
+    _check_same_training(result)
+    refused = result["refused"]
+    assert isinstance(refused, str)
+    assert "--devices 3" in refused and "logical CPU" in refused
+
+
+@pytest.mark.skipif(not SLOW, reason="slow (two Larq trainings per case); BNN_SLOW_TESTS=1")
+@pytest.mark.parametrize(
+    ("binarizer", "settings"),
+    [
+        (
+            "irnet",
+            {
+                "optimizer": "sgd",
+                "momentum": 0.9,
+                "nesterov": True,
+                "lr": 0.05,
+                "weight_decay": 1e-4,
+                "schedule": "step",
+                "milestones": [1],
+                "gamma": 0.5,
+                "lr_interval": "epoch",
+                "epochs": 2,
+            },
+        ),  # fmt: skip
+        ("sdbnn", {"optimizer": "adamw", "lr": 0.01, "weight_decay": 1e-2, "epochs": 2}),
+        ("gwt", {"optimizer": "sgd", "lr": 0.05, "schedule": "constant", "epochs": 2}),
+    ],
+)
+def test_two_devices_train_like_one_more_binarizers(
+    binarizer: str, settings: dict[str, object]
+) -> None:
+    _check_same_training(_child({"binarizer": binarizer, "samples": 187, "settings": settings}))
+
+
+def test_larq_schedule_table_follows_lr_factors() -> None:
+    from bnn_export.binarizers import get
+    from bnn_export.lr_schedule import lr_factors
+    from bnn_export.models import arch_spec
+    from bnn_export.models.larq_build import build_larq_model
+    from bnn_export.train_larq import make_optimizer
+    from bnn_export.train_settings import TrainSettings
+
+    model = build_larq_model(arch_spec("digits", num_classes=10), get("siman"), seed=0)
+    settings = TrainSettings(
+        epochs=6, lr=0.1, optimizer="sgd", schedule="cosine", warmup_epochs=2,
+        lr_interval="epoch", weight_decay=5e-4,
+    )  # fmt: skip
+    opt = make_optimizer(model, settings, steps_per_epoch=3)
+    schedule = opt._learning_rate  # the LearningRateSchedule (learning_rate is its value)
+    rates = [float(schedule(step)) for step in range(20)]
+    expected = [0.1 * f for f in lr_factors(settings, 3)]
+    assert rates[:18] == pytest.approx(expected, rel=1e-6)
+    assert rates[18:] == pytest.approx([expected[-1]] * 2, rel=1e-6)
+    assert type(opt).__name__ == "SGD" and opt.momentum == 0.9
+
+
+def test_devices_with_torch_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from bnn_export.cli import main
+
+    assert main(["train", "--devices", "2", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--devices" in err and "--nproc" in err
