@@ -70,6 +70,19 @@ BNN_API int bnn_conv2d_ex(const bnn_conv_params* p, const float* x, const uint32
                           bnn_parallel_for_fn parallel_for, void* ctx, int max_tasks);
 
 /*
+ * bnn_conv2d_ex with two optional fusions (NULL: off):
+ *   threshold float [C]: the input is binarized per channel at threshold[c] (+1 where
+ *     x >= threshold[c], otherwise incl. NaN -1) instead of at 0: ReActNet's RSign;
+ *   residual float [N, O, HO, WO]: y = (bias[o] + multiplier[o] * acc) + residual, the
+ *     rounding of a separate Add: a residual shortcut.
+ * parallel_for NULL: runs on max_tasks pthreads (1: the calling thread only).
+ */
+BNN_API int bnn_conv2d_fused(const bnn_conv_params* p, const float* x, const uint32_t* w,
+                             const float* multiplier, const float* bias, const float* threshold,
+                             const float* residual, float* y, bnn_parallel_for_fn parallel_for,
+                             void* ctx, int max_tasks);
+
+/*
  * Pack +-1 weights int8 [O, C/group, KH, KW] (value < 0 -> bit 1; 0 and > 0 -> bit 0)
  * into uint32 [O, KH, KW, CW] (CW = bnn_weight_words(cg)), padding bits 0.
  */

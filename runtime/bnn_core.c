@@ -421,6 +421,8 @@ typedef struct {
   const bnn_variant* v;
   const float* x;
   float* y;
+  const float* threshold; /* [C] or NULL: bit = +1 where x >= threshold[c] */
+  const float* residual;  /* [N, O, HO, WO] or NULL: added after the affine epilogue */
   uint64_t* pin;       /* [n][group][hp][wp][cw64] */
   int64_t pin_stride;  /* words per (n, g) */
   int64_t row_chunks, row_step;
@@ -440,7 +442,43 @@ static void task_pack(void* arg, size_t idx) {
   int64_t y0 = rc * r->row_step, y1 = y0 + r->row_step < p->h ? y0 + r->row_step : p->h;
   if (y0 >= y1) return;
   const float* x = r->x + (n * p->c + g * p->cg) * p->h * p->w;
-  r->v->pack_rows(p, x, r->pin + img * r->pin_stride, y0, y1);
+  if (!r->threshold) {
+    r->v->pack_rows(p, x, r->pin + img * r->pin_stride, y0, y1);
+    return;
+  }
+  /* per-channel threshold: rows [y0, y1) become +-1 (x >= t[c], NaN -> -1) in a scratch
+   * image of the same layout (only those rows are touched), which the variant's vector
+   * pack then binarizes at 0: no float op before the layer, one pass in cache */
+  const int64_t hw = p->h * p->w;
+  float* tmp = malloc((size_t)(p->cg * hw) * sizeof(float));
+  if (!tmp) {
+    __atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  const float* t = r->threshold + g * p->cg;
+  for (int64_t c = 0; c < p->cg; c++) {
+    const float* src = x + c * hw + y0 * p->w;
+    float* dst = tmp + c * hw + y0 * p->w;
+    const float tc = t[c];
+    for (int64_t i = 0; i < (y1 - y0) * p->w; i++) dst[i] = src[i] >= tc ? 1.0f : -1.0f;
+  }
+  r->v->pack_rows(p, tmp, r->pin + img * r->pin_stride, y0, y1);
+  free(tmp);
+}
+
+/* y += residual over the tile a gemm task just wrote (cache-hot): output channels of
+ * blocks [ob0, ob1) of group g, pixels [pix0, pix1) */
+static void add_residual(const run_ctx* r, int64_t n, int64_t g, int64_t ob0, int64_t ob1,
+                         int64_t pix0, int64_t pix1) {
+  const bnn_plan* p = r->p;
+  int64_t o1 = ob1 * p->nb < p->og ? ob1 * p->nb : p->og;
+  if (pix1 > p->npix) pix1 = p->npix;
+  for (int64_t ol = ob0 * p->nb; ol < o1; ol++) {
+    int64_t off = (n * p->o + g * p->og + ol) * p->npix;
+    float* y = r->y + off;
+    const float* res = r->residual + off;
+    for (int64_t i = pix0; i < pix1; i++) y[i] += res[i];
+  }
 }
 
 static void task_gemm(void* arg, size_t idx) {
@@ -466,6 +504,7 @@ static void task_gemm(void* arg, size_t idx) {
   im2col(p, r->pin + img * r->pin_stride, b0, nb, a);
   r->v->gemm(p, a, b0, nb, g, ob0, ob1, r->y + n * p->o * p->npix);
   free(a);
+  if (r->residual) add_residual(r, n, g, ob0, ob1, b0 * p->lanes, (b0 + nb) * p->lanes);
 }
 
 /* default parallel-for: run inline or on a pthread team */
@@ -503,14 +542,15 @@ static void pthread_parallel_for(void* ctx, bnn_task_fn fn, void* arg, size_t to
 }
 
 static int run(const bnn_variant* v, const bnn_conv_params* cp, const float* x,
-               const uint32_t* w, const float* mult, const float* bias, float* y,
-               bnn_parallel_for_fn pf, void* pf_ctx, int max_tasks) {
+               const uint32_t* w, const float* mult, const float* bias, const float* threshold,
+               const float* residual, float* y, bnn_parallel_for_fn pf, void* pf_ctx,
+               int max_tasks) {
   g_err[0] = 0;
   if (!x || !w || !mult || !bias || !y) return set_err(BNN_EINVAL, "NULL tensor pointer");
   bnn_plan p;
   int rc = plan_build(&p, v, cp, w, mult, bias);
   if (rc) return rc;
-  run_ctx r = {.p = &p, .v = v, .x = x, .y = y};
+  run_ctx r = {.p = &p, .v = v, .x = x, .y = y, .threshold = threshold, .residual = residual};
   r.pin_stride = p.hp * p.wp * p.cw64;
   r.pin = calloc((size_t)(p.n * p.group * r.pin_stride), sizeof(uint64_t));
   if (!r.pin) {
@@ -524,6 +564,11 @@ static int run(const bnn_variant* v, const bnn_conv_params* cp, const float* x,
   if (r.row_chunks > p.h) r.row_chunks = p.h;
   r.row_step = (p.h + r.row_chunks - 1) / r.row_chunks;
   pf(pf_ctx, task_pack, &r, (size_t)(images * r.row_chunks));
+  if (r.failed) {
+    free(r.pin);
+    plan_free(&p);
+    return set_err(BNN_ENOMEM, "out of memory for the thresholded input");
+  }
   /* phase 2: im2col + gemm in chunks of <= ~64 pixels (L1-resident). With several tasks
    * (threads), the chunk count is rounded up to a multiple of max_tasks and the chunks are
    * equal to within one tile, so that every thread gets the same work (a 4-core ARM
@@ -557,7 +602,7 @@ int bnn_conv2d_with_variant(const bnn_variant* v, const bnn_conv_params* p, cons
                             const uint32_t* w, const float* multiplier, const float* bias,
                             float* y) {
   int one = 1;
-  return run(v, p, x, w, multiplier, bias, y, pthread_parallel_for, &one, 1);
+  return run(v, p, x, w, multiplier, bias, NULL, NULL, y, pthread_parallel_for, &one, 1);
 }
 
 int bnn_conv2d(const bnn_conv_params* p, const float* x, const uint32_t* w,
@@ -567,21 +612,32 @@ int bnn_conv2d(const bnn_conv_params* p, const float* x, const uint32_t* w,
   if (rc) return rc;
   if (num_threads < 1) num_threads = 1;
   if (num_threads > 64) num_threads = 64;
-  return run(v, p, x, w, multiplier, bias, y, pthread_parallel_for, &num_threads,
+  return run(v, p, x, w, multiplier, bias, NULL, NULL, y, pthread_parallel_for, &num_threads,
              num_threads == 1 ? 1 : 4 * num_threads);
 }
 
 int bnn_conv2d_ex(const bnn_conv_params* p, const float* x, const uint32_t* w,
                   const float* multiplier, const float* bias, float* y,
                   bnn_parallel_for_fn parallel_for, void* ctx, int max_tasks) {
+  if (!parallel_for) max_tasks = 1; /* documented: no parallel-for runs inline */
+  return bnn_conv2d_fused(p, x, w, multiplier, bias, NULL, NULL, y, parallel_for, ctx,
+                          max_tasks);
+}
+
+int bnn_conv2d_fused(const bnn_conv_params* p, const float* x, const uint32_t* w,
+                     const float* multiplier, const float* bias, const float* threshold,
+                     const float* residual, float* y, bnn_parallel_for_fn parallel_for,
+                     void* ctx, int max_tasks) {
   const bnn_variant* v = NULL;
   int rc = current_variant(&v);
   if (rc) return rc;
-  if (!parallel_for) {
-    int one = 1;
-    return run(v, p, x, w, multiplier, bias, y, pthread_parallel_for, &one, 1);
+  if (!parallel_for) { /* max_tasks pthreads (1: the calling thread only) */
+    int nthreads = max_tasks < 1 ? 1 : max_tasks > 64 ? 64 : max_tasks;
+    return run(v, p, x, w, multiplier, bias, threshold, residual, y, pthread_parallel_for,
+               &nthreads, nthreads == 1 ? 1 : 4 * nthreads);
   }
-  return run(v, p, x, w, multiplier, bias, y, parallel_for, ctx, max_tasks);
+  return run(v, p, x, w, multiplier, bias, threshold, residual, y, parallel_for, ctx,
+             max_tasks);
 }
 
 /* ------------------------------------------------------------------ portable variant */

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -97,7 +98,10 @@ struct BinaryConv2d {
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<float>& X,
                       const Ort::Custom::Tensor<uint32_t>& W,
                       const Ort::Custom::Tensor<float>& multiplier,
-                      const Ort::Custom::Tensor<float>& bias, Ort::Custom::Tensor<float>& Y) {
+                      const Ort::Custom::Tensor<float>& bias,
+                      std::optional<const Ort::Custom::Tensor<float>*> threshold,
+                      std::optional<const Ort::Custom::Tensor<float>*> residual,
+                      Ort::Custom::Tensor<float>& Y) {
     if (!error_.empty()) return Ort::Status(("BinaryConv2d: " + error_).c_str(), ORT_INVALID_ARGUMENT);
     const auto& xs = X.Shape();
     const auto& ws = W.Shape();
@@ -117,11 +121,25 @@ struct BinaryConv2d {
     bnn_conv_params shape_p = p;
     if (shape_p.n == 0) shape_p.n = 1;  // empty batch: still validate, output is empty
     if (bnn_conv2d_output_shape(&shape_p, &ho, &wo) != BNN_OK) return Fail(bnn_last_error());
+    // optional inputs: threshold [C] ([0]: none, so that a residual can follow it),
+    // residual [N, O, HO, WO]
+    const float* thr = nullptr;
+    if (threshold.has_value() && *threshold && (*threshold)->NumberOfElement() != 0) {
+      if ((*threshold)->NumberOfElement() != xs[1])
+        return Fail("threshold must have C = X.shape[1] elements (or 0 for none)");
+      thr = (*threshold)->Data();
+    }
+    const float* res = nullptr;
+    if (residual.has_value() && *residual) {
+      const std::vector<int64_t> want{xs[0], o, ho, wo};
+      if ((*residual)->Shape() != want) return Fail("residual must have the output's shape [N, O, HO, WO]");
+      res = (*residual)->Data();
+    }
     float* y = Y.Allocate({xs[0], o, ho, wo});
     if (xs[0] * o * ho * wo == 0) return Ort::Status{nullptr};
     PoolCtx pc{ctx};
-    int rc = bnn_conv2d_ex(&p, X.Data(), W.Data(), multiplier.Data(), bias.Data(), y,
-                           OrtParallelFor, &pc, 32);
+    int rc = bnn_conv2d_fused(&p, X.Data(), W.Data(), multiplier.Data(), bias.Data(), thr, res, y,
+                              OrtParallelFor, &pc, 32);
     if (rc != BNN_OK) return Fail(bnn_last_error());
     return Ort::Status{nullptr};
   }

@@ -308,12 +308,36 @@ def test_zoo_onnx_every_binary_layer_is_binary_and_matches(name: str) -> None:
     model, graph = _zoo(name)
     _, x = _digits64()
     assert len(graph.binary_nodes()) == ZOO[name]
-    ops = [n.op_type for n in to_onnx(graph, target="onnxruntime").graph.node]
+    nodes = to_onnx(graph, target="onnxruntime").graph.node
+    ops = [n.op_type for n in nodes]
     assert ops.count("BinaryConv2d") == ZOO[name]
-    if name == "reactnet-a":  # every RSign fused: its threshold is the binary layers'
+    bconvs = [n for n in nodes if n.op_type == "BinaryConv2d"]
+    producers = {out: n.op_type for n in nodes for out in n.output}
+    # the op binarizes what the float graph hands it: no float op is left before it
+    assert {producers.get(n.input[0], "input") for n in bconvs} <= {
+        "BinaryConv2d", "Add", "PRelu", "Relu", "Clip", "MaxPool", "AveragePool", "Concat",
+        "BatchNormalization", "Conv", "Mul", "input",
+    }, {producers.get(n.input[0]) for n in bconvs}  # fmt: skip
+    assert "Sub" not in {producers.get(n.input[0]) for n in bconvs}
+    if name == "reactnet-a":  # every RSign fused: its threshold is the op's own input
         assert all(n.attrs.activation.kind == "threshold" for n in graph.binary_nodes())
+        assert all(len(n.input) >= 5 and n.input[4] for n in bconvs)
+    # residual shortcuts onto a binary conv are its `residual` input (no separate Add)
+    shortcuts = sum(
+        1
+        for n in graph.nodes
+        if n.op == "add" and any(i in {b.name for b in graph.binary_nodes()} or
+                                 graph.node(i).op == "bn" and graph.node(i).inputs[0] in
+                                 {b.name for b in graph.binary_nodes()} for i in n.inputs)
+    )  # fmt: skip
+    assert sum(len(n.input) == 6 for n in bconvs) == shortcuts
+    assert shortcuts > 0 or name == "quicknet"  # quicknet: ReLU between bconv and its add
     for target in ("onnxruntime", "openvino", "reference"):
         _check_export(model, graph, x, target)  # exact accumulators, signs, logits
+    ov_nodes = to_onnx(graph, target="openvino").graph.node
+    ov_producers = {out: n.op_type for n in ov_nodes for out in n.output}
+    fq_inputs = {ov_producers.get(n.input[0]) for n in ov_nodes if n.op_type == "FakeQuantize"}
+    assert "Sub" not in fq_inputs, fq_inputs  # RSign: FakeQuantize's per-channel range
     runner = OpenVinoRunner(to_onnx(graph, target="openvino").SerializeToString())
     binary = ZOO[name] - len(openvino_float_layers(graph))
     assert runner.info["runtime_ops"].get("BinaryConvolution", 0) == binary

@@ -153,6 +153,81 @@ def test_forced_variant_is_bit_exact(variant: str, conv: Conv, pad_value: int, t
         )
 
 
+def _fused_model(conv: Conv, w: np.ndarray, m: np.ndarray, b: np.ndarray, t: np.ndarray) -> bytes:
+    """One BinaryConv2d with its optional inputs: threshold (an initializer, [C] or [0])
+    and residual (a graph input R)."""
+    node = onnx_ops.make_binary_conv2d_node(["X", "W", "m", "b", "t", "R"], ["Y"], **conv.attrs())
+    graph = helper.make_graph(
+        [node],
+        "one_fused_binary_conv",
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, conv.c, conv.h, conv.w]),
+            helper.make_tensor_value_info("R", TensorProto.FLOAT, [None] * 4),
+        ],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None] * 4)],
+        initializer=[
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(m, "m"),
+            numpy_helper.from_array(b, "b"),
+            numpy_helper.from_array(t, "t"),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnx_ops.DOMAIN, 1)]
+    )
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("with_threshold", [True, False])
+@pytest.mark.parametrize("conv", EDGE_CASES, ids=str)
+@pytest.mark.parametrize("variant", _variants())
+def test_forced_variant_fused_threshold_and_residual(
+    variant: str, conv: Conv, with_threshold: bool, threads: int
+) -> None:
+    """The op's optional inputs (RSign's per-channel threshold, a residual shortcut) in
+    every variant, ctypes and onnxruntime, bit-exact against the numpy reference; inputs
+    equal to their channel's threshold (ties: +1) and just below it are planted."""
+    x, _, w = random_inputs(conv, zlib.crc32(str(conv).encode()) + 1)
+    rng = np.random.default_rng(conv.c + 7)
+    t = rng.uniform(-0.5, 0.5, conv.c).astype(np.float32) if with_threshold else None
+    if t is not None:
+        x = x.copy()
+        x[:, :, 0, 0] = t  # ties: x == t -> +1
+        x[:, :, -1, -1] = np.nextafter(t, np.float32(-np.inf))  # just below: -1
+    m = rng.uniform(-2, 2, conv.o).astype(np.float32)
+    b = rng.standard_normal(conv.o).astype(np.float32)
+    want = onnx_ops.binary_conv2d_reference(x, w, m, b, threshold=t, **conv.attrs())
+    r = rng.standard_normal(want.shape).astype(np.float32)
+    want = onnx_ops.binary_conv2d_reference(x, w, m, b, threshold=t, residual=r, **conv.attrs())
+    t_input = t if t is not None else np.zeros(0, np.float32)  # [0]: no threshold
+    session = onnx_session(_fused_model(conv, w, m, b, t_input), num_threads=threads)
+    with native.forced_kernel(variant):
+        got = {
+            "native": native.binary_conv2d(
+                x, w, m, b, num_threads=threads, threshold=t, residual=r, **conv.attrs()
+            ),
+            "onnxruntime": session.run(None, {"X": x, "R": r})[0],
+        }
+    for what, y in got.items():
+        assert not _first_mismatch(y, want), f"{variant} {what} {conv}: " + _first_mismatch(y, want)
+
+
+def test_fused_inputs_of_the_wrong_size_are_refused() -> None:
+    conv = EDGE_CASES[0]
+    x, _, w = random_inputs(conv, 3)
+    m, b = np.ones(conv.o, np.float32), np.zeros(conv.o, np.float32)
+    session = onnx_session(_fused_model(conv, w, m, b, np.zeros(conv.c + 1, np.float32)))
+    y = onnx_ops.binary_conv2d_reference(x, w, m, b, **conv.attrs())
+    with pytest.raises(Exception, match="threshold must have C"):
+        session.run(None, {"X": x, "R": y})
+    session = onnx_session(_fused_model(conv, w, m, b, np.zeros(0, np.float32)))
+    with pytest.raises(Exception, match="residual must have the output's shape"):
+        session.run(
+            None, {"X": x, "R": np.zeros((y.shape[0], y.shape[1] + 1, *y.shape[2:]), np.float32)}
+        )
+
+
 def test_forced_kernel_restores_the_previous_variant() -> None:
     """After a forced block the process is back on the variant it had (BNN_KERNEL's under
     `make test-avx2`), not on the best one."""

@@ -76,6 +76,9 @@ class OnnxEmitter:
         self.extra_outputs: list[tuple[str, list[Any]]] = []
         #: (input tensor, activation) -> binary layers binarizing it so far (openvino)
         self.binarized_uses: dict[tuple[str, str, bytes | None], int] = {}
+        #: graph node (a binary conv, or the batch norm folded into it) -> its
+        #: BinaryConv2d node, while a residual Add may still be fused into it (onnxruntime)
+        self.fusable: dict[str, onnx.NodeProto] = {}
 
     def input(self, node: Node, i: int = 0) -> str:
         """Tensor name of the node's ``i``-th input."""
@@ -83,6 +86,34 @@ class OnnxEmitter:
 
     def in_shape(self, node: Node, i: int = 0) -> tuple[int, ...]:
         return self.shapes[node.inputs[i]]
+
+    def fuse_residual(self, add: Node) -> str | None:
+        """Fuse ``add`` = BinaryConv2d output + another tensor into the BinaryConv2d (its
+        ``residual`` input), when the op's output feeds nothing else and the shapes are
+        equal; returns the fused output's name (None: emit a plain Add). The op's node
+        moves to the end of the node list, after the residual's producer."""
+        if self.target != "onnxruntime":
+            return None
+        for i in (0, 1):
+            src, other = add.inputs[i], add.inputs[1 - i]
+            proto = self.fusable.get(src)
+            if (
+                proto is None
+                or src == self.graph.output
+                or len(self.graph.consumers(src)) != 1
+                or self.shapes[src] != self.shapes[other]
+            ):
+                continue
+            del self.fusable[src]
+            if len(proto.input) == 4:  # no threshold: an empty one keeps the positions
+                proto.input.append(
+                    self.const(f"{proto.name}_no_threshold", np.zeros(0, np.float32))
+                )
+            proto.input.append(self.names[other])
+            self.nodes.remove(proto)
+            self.nodes.append(proto)
+            return str(proto.output[0])
+        return None
 
     def const(self, name: str, value: np.ndarray | np.generic) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))

@@ -63,6 +63,7 @@ def binary_conv2d_accumulate(
     x: np.ndarray,
     w_packed: np.ndarray,
     *,
+    threshold: np.ndarray | None = None,
     channels_in: int,
     kernel_shape: Sequence[int],
     strides: Sequence[int] = (1, 1),
@@ -71,7 +72,8 @@ def binary_conv2d_accumulate(
     group: int = 1,
     pad_value: int = 1,
 ) -> np.ndarray:
-    """Integer accumulation `acc` of BinaryConv2d, int32 [N, O, HO, WO]."""
+    """Integer accumulation `acc` of BinaryConv2d, int32 [N, O, HO, WO]; with
+    ``threshold`` ([C]) channel c is binarized at threshold[c] (+1 where x >= it)."""
     n, c, h, w = x.shape
     if c != channels_in:
         raise ValueError(f"X has {c} channels but channels_in={channels_in}")
@@ -85,8 +87,15 @@ def binary_conv2d_accumulate(
     o = w_packed.shape[0]
     og = o // group
     weights = unpack_conv_weights(w_packed, cg).astype(np.int32)  # [O, Cg, KH, KW]
+    if threshold is not None and np.size(threshold):
+        t = np.asarray(threshold, dtype=np.float32).reshape(-1)
+        if t.size != c:
+            raise ValueError(f"threshold has {t.size} values for {c} channels")
+        signs = np.where(x >= t.reshape(1, -1, 1, 1), 1, -1).astype(np.int8)
+    else:
+        signs = binarize(x)
     a = np.pad(
-        binarize(x).astype(np.int32),
+        signs.astype(np.int32),
         ((0, 0), (0, 0), (top, bottom), (left, right)),
         constant_values=pad_value,
     )
@@ -113,17 +122,28 @@ def binary_conv2d_reference(
     w_packed: np.ndarray,
     multiplier: np.ndarray,
     bias: np.ndarray,
+    threshold: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
     **attrs: Any,
 ) -> np.ndarray:
-    """BinaryConv2d: bias[o] + multiplier[o] * acc, float32 [N, O, HO, WO].
+    """BinaryConv2d: bias[o] + multiplier[o] * acc (+ residual), float32 [N, O, HO, WO].
 
-    The affine part is float32 multiply then float32 add (no fused multiply-add), the
-    rounding the native kernels reproduce.
+    The affine part is float32 multiply then float32 add (no fused multiply-add), then the
+    residual's float32 add: the rounding the native kernels reproduce. ``threshold``: see
+    ``binary_conv2d_accumulate`` (an empty one means none).
     """
-    acc = binary_conv2d_accumulate(np.asarray(x, dtype=np.float32), np.asarray(w_packed), **attrs)
+    acc = binary_conv2d_accumulate(
+        np.asarray(x, dtype=np.float32), np.asarray(w_packed), threshold=threshold, **attrs
+    )
     m = np.asarray(multiplier, dtype=np.float32).reshape(1, -1, 1, 1)
     b = np.asarray(bias, dtype=np.float32).reshape(1, -1, 1, 1)
-    return (b + m * acc.astype(np.float32)).astype(np.float32)
+    y = (b + m * acc.astype(np.float32)).astype(np.float32)
+    if residual is not None:
+        r = np.asarray(residual, dtype=np.float32)
+        if r.shape != y.shape:
+            raise ValueError(f"residual shape {r.shape} != output shape {y.shape}")
+        y = (y + r).astype(np.float32)
+    return y
 
 
 def make_binary_conv2d_node(
@@ -167,6 +187,8 @@ class BinaryConv2d(OpRun):
         W: np.ndarray,
         multiplier: np.ndarray,
         bias: np.ndarray,
+        threshold: np.ndarray | None = None,
+        residual: np.ndarray | None = None,
         channels_in: int | None = None,
         kernel_shape: Sequence[int] | None = None,
         strides: Sequence[int] | None = None,
@@ -182,6 +204,8 @@ class BinaryConv2d(OpRun):
             W,
             multiplier,
             bias,
+            threshold=threshold,
+            residual=residual,
             channels_in=int(channels_in),
             kernel_shape=tuple(kernel_shape),
             strides=tuple(strides) if strides is not None else (1, 1),

@@ -75,6 +75,8 @@ def _lib() -> ctypes.CDLL:
     vp = ctypes.c_void_p
     lib.bnn_conv2d.argtypes = [p_params, vp, vp, vp, vp, vp, ctypes.c_int]
     lib.bnn_conv2d.restype = ctypes.c_int
+    lib.bnn_conv2d_fused.argtypes = [p_params, vp, vp, vp, vp, vp, vp, vp, vp, vp, ctypes.c_int]
+    lib.bnn_conv2d_fused.restype = ctypes.c_int
     lib.bnn_conv2d_output_shape.argtypes = [p_params, ctypes.POINTER(i64), ctypes.POINTER(i64)]
     lib.bnn_conv2d_output_shape.restype = ctypes.c_int
     lib.bnn_pack_weights.argtypes = [vp, i64, i64, i64, i64, vp]
@@ -166,8 +168,13 @@ def binary_conv2d(
     group: int = 1,
     pad_value: int = 1,
     num_threads: int = 1,
+    threshold: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
 ) -> np.ndarray:
-    """BinaryConv2d (docs/onnx_ops.md) with the native kernel; returns float32 NCHW."""
+    """BinaryConv2d (docs/onnx_ops.md) with the native kernel; returns float32 NCHW.
+
+    ``threshold`` ([C]): binarize channel c at threshold[c] instead of 0 (RSign);
+    ``residual`` (the output's shape): added after the affine epilogue (a shortcut)."""
     xa = np.ascontiguousarray(x, dtype=np.float32)
     wa = np.ascontiguousarray(w_packed, dtype=np.uint32)
     if xa.ndim != 4 or wa.ndim != 4:
@@ -212,14 +219,38 @@ def binary_conv2d(
         "binary_conv2d",
     )
     y = np.empty((xa.shape[0], o, ho.value, wo.value), dtype=np.float32)
+    if threshold is None and residual is None:
+        _check(
+            lib.bnn_conv2d(
+                ctypes.byref(p),
+                xa.ctypes.data,
+                wa.ctypes.data,
+                ma.ctypes.data,
+                ba.ctypes.data,
+                y.ctypes.data,
+                int(num_threads),
+            ),
+            "binary_conv2d",
+        )
+        return y
+    ta = None if threshold is None else np.ascontiguousarray(threshold, np.float32).reshape(-1)
+    if ta is not None and ta.size != channels_in:
+        raise ValueError(f"threshold needs {channels_in} values (one per input channel)")
+    ra = None if residual is None else np.ascontiguousarray(residual, np.float32)
+    if ra is not None and ra.shape != y.shape:
+        raise ValueError(f"residual shape {ra.shape} != output shape {y.shape}")
     _check(
-        lib.bnn_conv2d(
+        lib.bnn_conv2d_fused(
             ctypes.byref(p),
             xa.ctypes.data,
             wa.ctypes.data,
             ma.ctypes.data,
             ba.ctypes.data,
+            None if ta is None else ta.ctypes.data,
+            None if ra is None else ra.ctypes.data,
             y.ctypes.data,
+            None,
+            None,
             int(num_threads),
         ),
         "binary_conv2d",

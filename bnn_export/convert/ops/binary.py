@@ -53,6 +53,26 @@ OPENVINO_FQ_LOW, OPENVINO_FQ_HIGH = -(2.0**-20), 2.0**-21
 OPENVINO_DOMAIN = "org.openvinotoolkit"
 
 
+def openvino_threshold_range(threshold: np.ndarray, k: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """FakeQuantize(levels=2) input ranges [lo, hi] per channel binarizing x at threshold t
+    (+1 where x >= t) in OpenVINO's CPU plugin, which maps x > (lo + hi) / 2 to +1
+    (measured; tests/test_export_ops.py checks the signs exactly): lo = t - 2 - k ulps,
+    hi = t + k ulps, whose midpoint is t - 1 ulp, so x >= t is exactly x > midpoint. ``k``
+    widens the range (the k-th layer binarizing the same tensor the same way, see
+    ``_onnx_sign_conv``) without moving the midpoint. t = 0 keeps the plain sign's range
+    (``OPENVINO_FQ_LOW``/``HIGH``: a denormal midpoint is flushed to 0 there)."""
+    t = np.asarray(threshold, np.float32).reshape(-1)
+    lo, hi = t.copy(), t.copy()
+    for _ in range(2 + k):
+        lo = np.nextafter(lo, np.float32(-np.inf))
+    for _ in range(k):
+        hi = np.nextafter(hi, np.float32(np.inf))
+    zero = np.abs(t) < 4 * np.finfo(np.float32).tiny  # 0, or a range reaching denormals
+    lo[zero] = np.float32(OPENVINO_FQ_LOW - k * 2.0**-21)
+    hi[zero] = np.float32(OPENVINO_FQ_HIGH + k * 2.0**-21)
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
 @dataclass(frozen=True, eq=False)
 class BinaryLinearAttrs(OpAttrs):
     weights: WeightExport  # bits [O, I]
@@ -122,7 +142,20 @@ class BinaryOp(Op[Any]):
         a, name, linear = self.attrs(node), node.name, self.linear
         w: WeightExport = a.weights
         in_shape = e.in_shape(node)
-        x = _onnx_binarized_input(e, node, a.activation, e.input(node), len(in_shape))
+        # a per-channel threshold (RSign) leaves no float op before the layer: onnxruntime,
+        # the op's own `threshold` input; openvino, FakeQuantize's per-channel range (and
+        # the layer stays BinaryConvolution). The exposed `_binput` (accumulator tests) is
+        # still x - t, the tensor whose sign the layer takes
+        fused_threshold = a.activation.kind == "threshold" and (
+            e.target == "onnxruntime"
+            or (e.target == "openvino" and self.openvino_binary(node, in_shape))
+        )
+        x = (
+            e.input(node)
+            if fused_threshold and not e.accumulators
+            else _onnx_binarized_input(e, node, a.activation, e.input(node), len(in_shape))
+        )
+        op_input = e.input(node) if fused_threshold else x
         if e.accumulators:
             out_shape = [len(w.bits), 1, 1] if linear else list(e.shapes[node.name][1:])
             e.extra_outputs += [
@@ -141,7 +174,8 @@ class BinaryOp(Op[Any]):
         ph, pw = g.padding
         if linear:
             axes = e.const(f"{name}_axes", np.array([2, 3], np.int64))
-            x = e.node("Unsqueeze", [x, axes], f"{name}_as4d")
+            op_input = e.node("Unsqueeze", [op_input, axes], f"{name}_as4d")
+            x = x if fused_threshold else op_input  # fused: x only feeds `_binput`
         if e.target == "onnxruntime":
             from bnn_export.convert.onnx_ops import (
                 DOMAIN,
@@ -156,12 +190,18 @@ class BinaryOp(Op[Any]):
                 affine.append(
                     (f"{name}_acc", f"{name}_acc", np.ones_like(multiplier), np.zeros_like(bias))
                 )
+            threshold = (
+                [e.const(f"{name}_op_threshold", a.activation.threshold.astype(np.float32))]
+                if fused_threshold and a.activation.threshold is not None
+                else []
+            )
             for out, prefix, mult, add in affine:
                 inputs = [
-                    x,
+                    op_input,
                     packed,
                     e.const(f"{prefix}_multiplier", mult),
                     e.const(f"{prefix}_bias", add.astype(np.float32)),
+                    *threshold,
                 ]
                 e.nodes.append(
                     make_binary_conv2d_node(
@@ -178,8 +218,11 @@ class BinaryOp(Op[Any]):
                     )
                 )
             y = f"{name}_y" if linear else name
+            if not linear:  # a residual Add after it may become the op's `residual` input
+                tail = consumers[0].name if consumers and consumers[0].name in e.folded else name
+                e.fusable[tail] = e.nodes[-1 - (len(affine) - 1)]
         else:
-            y = self._onnx_sign_conv(node, e, x, bits4, multiplier, in_shape)
+            y = self._onnx_sign_conv(node, e, op_input, bits4, multiplier, in_shape)
         if linear:
             return e.node("Flatten", [y], name, axis=1)
         return y
@@ -225,10 +268,19 @@ class BinaryOp(Op[Any]):
             )
             k = e.binarized_uses.get(key, 0)
             e.binarized_uses[key] = k + 1
-            lo, hi = (
-                e.const(f"{name}_fq_in_lo", np.float32(OPENVINO_FQ_LOW - k * 2.0**-21)),
-                e.const(f"{name}_fq_in_hi", np.float32(OPENVINO_FQ_HIGH + k * 2.0**-21)),
-            )
+            if act.kind == "threshold":
+                assert act.threshold is not None
+                lo_c, hi_c = openvino_threshold_range(act.threshold, k)
+                shape = (1, -1, 1, 1)
+                lo, hi = (
+                    e.const(f"{name}_fq_in_lo", lo_c.reshape(shape)),
+                    e.const(f"{name}_fq_in_hi", hi_c.reshape(shape)),
+                )
+            else:
+                lo, hi = (
+                    e.const(f"{name}_fq_in_lo", np.float32(OPENVINO_FQ_LOW - k * 2.0**-21)),
+                    e.const(f"{name}_fq_in_hi", np.float32(OPENVINO_FQ_HIGH + k * 2.0**-21)),
+                )
             olo, ohi = (
                 e.const(f"{name}_fq_out_lo", np.float32(-1)),
                 e.const(f"{name}_fq_out_hi", np.float32(1)),

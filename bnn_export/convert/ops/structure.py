@@ -151,6 +151,10 @@ class Add(Op[NoAttrs]):
         return inputs[0]
 
     def to_onnx(self, node: Node, e: OnnxEmitter) -> str:
+        # onnxruntime: a shortcut onto a binary conv is the op's `residual` input
+        fused = e.fuse_residual(node)
+        if fused is not None:
+            return fused
         return e.node("Add", [e.input(node, 0), e.input(node, 1)], node.name)
 
     def to_keras(self, node: Node, e: KerasEmitter) -> Any:
