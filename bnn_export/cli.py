@@ -1111,9 +1111,11 @@ def main(argv: list[str] | None = None) -> int:
             click.echo(f"error: terminated (SIGTERM); {_interrupted_detail(exc)}", err=True)
         return 128 + exc.signum
     except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", None)  # set by `train --nproc`'s launcher
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
         if not _launched():
-            click.echo(f"error: interrupted; {_interrupted_detail(exc)}", err=True)
-        return EXIT_INTERRUPTED
+            click.echo(f"error: {what}; {_interrupted_detail(exc)}", err=True)
+        return 128 + int(signum) if signum else EXIT_INTERRUPTED
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -362,7 +362,8 @@ def launch(nproc: int, argv: list[str], output: str | None) -> None:
     os.environ[LAUNCHED_ENV] = "1"
     if env_before["OMP_NUM_THREADS"] is None:  # else the agent sets 1 and logs a warning
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    loggers = [logging.getLogger(n) for n in ("torch.distributed", "torch.distributed.elastic")]
+    names = ["torch.distributed", *logging.Logger.manager.loggerDict]
+    loggers = [logging.getLogger(n) for n in names if n.startswith("torch.distributed")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
@@ -385,6 +386,7 @@ def launch(nproc: int, argv: list[str], output: str | None) -> None:
         ) from None
     except SignalException as exc:
         interrupted = KeyboardInterrupt(f"signal {exc.sigval}")
+        interrupted.signum = int(exc.sigval)  # type: ignore[attr-defined]
         interrupted.bnn_export_detail = _output_fate(output) + (  # type: ignore[attr-defined]
             f" Continue with: bnn-export train --resume {output}" if _resume_hint(output) else ""
         )

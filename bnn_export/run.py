@@ -174,6 +174,10 @@ def train_run(
                 exc.bnn_export_detail = writer.interrupted_detail(settings.epochs)  # type: ignore[attr-defined]
             elif output is None:
                 exc.bnn_export_detail = "no output was written (no -o given)"  # type: ignore[attr-defined]
+            else:
+                exc.bnn_export_detail = (  # type: ignore[attr-defined]
+                    f"process rank {info.rank} stopped; rank 0 says what {output} holds"
+                )
             raise
         finally:
             if writer is not None:

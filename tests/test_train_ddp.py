@@ -330,3 +330,48 @@ def test_torchrun_resnet20_matches_a_single_process_run_layout(tmp_path: Path) -
     assert sorted(p.name for p in (tmp_path / "R").iterdir()) == sorted(
         p.name for p in (tmp_path / "S").iterdir()
     )
+
+
+def test_sigterm_to_an_nproc_run_stops_every_process_and_leaves_it_resumable(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "R"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bnn_export",
+            "train",
+            "--epochs",
+            "40",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--nproc",
+            "2",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert f"{out} holds the state after epoch" in errors[0]
+    assert f"bnn-export train --resume {out}" in errors[0]
+    assert (out / "resume.pt").is_file() and not (out / "checkpoint.safetensors").exists()
