@@ -6,6 +6,7 @@ what they refuse, before anything is written."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
@@ -277,17 +278,29 @@ ZOO = {"birealnet18": 16, "reactnet-a": 31, "quicknet": 16}
 SHAPE = (1, 64, 64)
 
 
+#: BNN_FULL_SIZE=1: the three architectures also at full size (3x224x224, width 1.0;
+#: minutes per model), the shape the speed table runs
+FULL_SIZE = os.environ.get("BNN_FULL_SIZE") == "1"
+FULL_SHAPE = (3, 224, 224)
+
+
 @cache
-def _digits64() -> tuple[np.ndarray, np.ndarray]:
-    d = load_dataset("digits").adapted(SHAPE)
+def _digits(shape: tuple[int, int, int] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
+    d = load_dataset("digits").adapted(shape)
     return d.x_train[:256], d.x_test[:48]
 
 
+def _digits64() -> tuple[np.ndarray, np.ndarray]:
+    return _digits(SHAPE)
+
+
 @cache
-def _zoo(name: str) -> tuple[nn.Module, Graph]:
+def _zoo(
+    name: str, shape: tuple[int, int, int] = SHAPE, width: float = 0.25
+) -> tuple[nn.Module, Graph]:
     """Random weights, RSign thresholds and RPReLU terms; batch norm re-estimated on real
-    digits images (64x64), so every layer sees realistic values."""
-    model = build_torch_model(arch_spec(name, input_shape=SHAPE, width=0.25), STE, seed=3)
+    digits images (resized to ``shape``), so every layer sees realistic values."""
+    model = build_torch_model(arch_spec(name, input_shape=shape, width=width), STE, seed=3)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for m in model.modules():
@@ -297,10 +310,29 @@ def _zoo(name: str) -> tuple[nn.Module, Graph]:
                 m.gamma.uniform_(-0.3, 0.3, generator=g)
                 m.zeta.uniform_(-0.3, 0.3, generator=g)
                 m.prelu.weight.uniform_(-0.2, 0.6, generator=g)
-    x_train, _ = _digits64()
-    recalibrate_batchnorm(model, x_train)
+    x_train, _ = _digits(shape)
+    recalibrate_batchnorm(model, x_train[: 256 if shape == SHAPE else 64])
     model.eval()
-    return model, graph_from_torch(model, SHAPE)
+    return model, graph_from_torch(model, shape)
+
+
+@pytest.mark.skipif(not FULL_SIZE, reason="full-size zoo parity: set BNN_FULL_SIZE=1")
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_full_size_parity(name: str, lce: LceServer) -> None:
+    """Full size (224x224, width 1.0): every binary layer a binary op in onnxruntime,
+    OpenVINO and LCE; exact accumulators (onnxruntime, OpenVINO), logits as PyTorch's."""
+    model, graph = _zoo(name, FULL_SHAPE, 1.0)
+    x = _digits(FULL_SHAPE)[1][:8]
+    assert len(graph.binary_nodes()) == ZOO[name]
+    for target in ("onnxruntime", "openvino"):
+        _check_export(model, graph, x, target)
+    runner = OpenVinoRunner(to_onnx(graph, target="openvino").SerializeToString())
+    binary = ZOO[name] - len(openvino_float_layers(graph))
+    assert runner.info["runtime_ops"].get("BinaryConvolution", 0) == binary
+    data, facts = lce.convert(graph)
+    assert facts["binary_ops"] == facts["binary_layers"] == ZOO[name], facts
+    ref32, ref64 = reference(model, x)
+    check_parity(LceRunner(data).predict(x), ref32, ref64, f"{name}: tflite")
 
 
 @pytest.mark.parametrize("name", list(ZOO))

@@ -105,3 +105,28 @@ def test_cli_trains_a_literature_model_at_a_given_width_size_and_classes(tmp_pat
     ]:
         proc = run_cli("train", *args, "--epochs", "1", "--quiet")
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_cli_reactnet_a_trains_and_converts_to_both_formats(tmp_path) -> None:
+    """Issue 13's CLI path at test size (the must-show runs --input-size 64; docs/results.md):
+    train reactnet-a, convert to .onnx and .tflite: every binary layer a binary op, top-1
+    agreement >= 99.5% with the trained PyTorch model."""
+    import json
+
+    from tests.conftest import run_cli
+
+    run = tmp_path / "run"
+    proc = run_cli(
+        "train", "--model", "reactnet-a", "--width", "0.25", "--input-size", "32",
+        "--dataset", "digits", "--epochs", "1", "--quiet", "-o", str(run),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for fmt, op in (("onnx", "BinaryConv2d"), ("tflite", "LceBconv2d")):
+        out = tmp_path / f"reactnet-a.{fmt}"
+        proc = run_cli("convert", str(run), "--format", fmt, "-o", str(out), "--json")
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["facts"]["binary_op"] == op
+        assert report["facts"]["binary_ops"] == report["facts"]["binary_layers"] == 31, report
+        assert report["validation"]["ok"] and report["validation"]["agreement"] >= 0.995
+        assert out.stat().st_size == report["bytes"]
