@@ -158,7 +158,7 @@ def distribution_strategy(devices: int) -> tf.distribute.Strategy | None:
     raise BnnExportError(
         f"--devices {devices}: TensorFlow sees {len(gpus)} GPU(s) and {len(cpus)} logical "
         "CPU device(s)",
-        hint=f"pass --devices {max(len(gpus), 1)} or fewer, or split the CPU with "
+        hint=f"pass --devices {max(len(gpus), len(cpus))} or fewer, or split the CPU with "
         "tf.config.set_logical_device_configuration before TensorFlow starts",
     )
 

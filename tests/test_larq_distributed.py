@@ -51,7 +51,7 @@ states, losses = [], []
 for devices in (1, 2):
     settings = replace(base, devices=devices)
     with model_scope(settings):
-        model = build_larq_model(arch, get(case["binarizer"]), seed=0)
+        model = build_larq_model(arch, get(case["binarizer"], **case.get("params", {})), seed=0)
     history = train(model, data, settings)
     states.append(larq_state(model))
     losses.append(history[-1]["loss"])
@@ -122,7 +122,8 @@ def test_two_devices_train_like_one() -> None:
     _check_same_training(result)
     refused = result["refused"]
     assert isinstance(refused, str)
-    assert "--devices 3" in refused and "logical CPU" in refused
+    assert "--devices 3" in refused and "2 logical CPU" in refused
+    assert "--devices 2 or fewer" in refused
 
 
 _OPEN = (
@@ -149,12 +150,9 @@ _OPEN = (
         ),  # fmt: skip
         # Adam-type steps divide by sqrt(v): float noise in small gradients is amplified
         ("sdbnn", {"optimizer": "adamw", "lr": 0.01, "weight_decay": 1e-2, "epochs": 1}, 1e-4),
-        pytest.param(
-            "gwt",
-            {"optimizer": "sgd", "lr": 0.02, "schedule": "constant", "epochs": 1},
-            2e-5,
-            marks=pytest.mark.xfail(reason=_OPEN, strict=False),
-        ),
+        # a 1-epoch run anneals beta straight to beta_max; at the default 100 the tanh
+        # is saturated and its gradient a spike around 0, where float noise decides
+        ("gwt", {"optimizer": "sgd", "lr": 0.02, "schedule": "constant", "epochs": 1}, 2e-5),
         pytest.param(
             "equal_bits",
             {"optimizer": "sgd", "lr": 0.02, "epochs": 1},
@@ -174,7 +172,9 @@ def test_two_devices_train_like_one_more_binarizers(
 ) -> None:
     """A few steps only: a latent weight or activation within float error of 0 may
     binarize differently on 1 and 2 devices, after which the runs part."""
-    result = _child({"binarizer": binarizer, "samples": 187, "settings": settings})
+    params = {"beta_max": 2.0} if binarizer == "gwt" else {}
+    case = {"binarizer": binarizer, "params": params, "samples": 187, "settings": settings}
+    result = _child(case)
     _check_same_training(result, tolerance)
 
 
