@@ -83,6 +83,23 @@ BNN_API int bnn_conv2d_fused(const bnn_conv_params* p, const float* x, const uin
                              void* ctx, int max_tasks);
 
 /*
+ * Cached plans: the weight panel and the geometry tables of one conv, built once (the
+ * weights of a deployed model are constant) and reused by every call with the same
+ * parameters (any batch size) and kernel variant. A plan is only read by
+ * bnn_conv2d_planned, so concurrent calls may share it.
+ */
+typedef struct bnn_conv_plan bnn_conv_plan;
+BNN_API int bnn_plan_create(const bnn_conv_params* p, const uint32_t* w, bnn_conv_plan** out);
+/* 1 when `plan` serves `p` (same parameters but n, and the variant in use), else 0. */
+BNN_API int bnn_plan_matches(const bnn_conv_plan* plan, const bnn_conv_params* p);
+BNN_API void bnn_plan_destroy(bnn_conv_plan* plan);
+/* bnn_conv2d_fused with a plan of the same w (BNN_EINVAL if the plan does not match). */
+BNN_API int bnn_conv2d_planned(const bnn_conv_plan* plan, const bnn_conv_params* p,
+                               const float* x, const float* multiplier, const float* bias,
+                               const float* threshold, const float* residual, float* y,
+                               bnn_parallel_for_fn parallel_for, void* ctx, int max_tasks);
+
+/*
  * Pack +-1 weights int8 [O, C/group, KH, KW] (value < 0 -> bit 1; 0 and > 0 -> bit 0)
  * into uint32 [O, KH, KW, CW] (CW = bnn_weight_words(cg)), padding bits 0.
  */

@@ -541,22 +541,21 @@ static void pthread_parallel_for(void* ctx, bnn_task_fn fn, void* arg, size_t to
   for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
 }
 
-static int run(const bnn_variant* v, const bnn_conv_params* cp, const float* x,
-               const uint32_t* w, const float* mult, const float* bias, const float* threshold,
-               const float* residual, float* y, bnn_parallel_for_fn pf, void* pf_ctx,
-               int max_tasks) {
-  g_err[0] = 0;
-  if (!x || !w || !mult || !bias || !y) return set_err(BNN_EINVAL, "NULL tensor pointer");
-  bnn_plan p;
-  int rc = plan_build(&p, v, cp, w, mult, bias);
-  if (rc) return rc;
+/* Pack + gemm with a built plan; `plan` is only read (several calls may share it): the
+ * batch size and the affine vectors come with the call. */
+static int run_planned(const bnn_variant* v, const bnn_plan* plan, int64_t n, const float* x,
+                       const float* mult, const float* bias, const float* threshold,
+                       const float* residual, float* y, bnn_parallel_for_fn pf, void* pf_ctx,
+                       int max_tasks) {
+  if (!x || !mult || !bias || !y) return set_err(BNN_EINVAL, "NULL tensor pointer");
+  bnn_plan p = *plan;
+  p.n = n;
+  p.mult = mult;
+  p.bias = bias;
   run_ctx r = {.p = &p, .v = v, .x = x, .y = y, .threshold = threshold, .residual = residual};
   r.pin_stride = p.hp * p.wp * p.cw64;
   r.pin = calloc((size_t)(p.n * p.group * r.pin_stride), sizeof(uint64_t));
-  if (!r.pin) {
-    plan_free(&p);
-    return set_err(BNN_ENOMEM, "out of memory for the packed input");
-  }
+  if (!r.pin) return set_err(BNN_ENOMEM, "out of memory for the packed input");
   if (max_tasks < 1) max_tasks = 1;
   int64_t images = p.n * p.group;
   /* phase 1: pack; split rows only when there are fewer images than tasks */
@@ -566,7 +565,6 @@ static int run(const bnn_variant* v, const bnn_conv_params* cp, const float* x,
   pf(pf_ctx, task_pack, &r, (size_t)(images * r.row_chunks));
   if (r.failed) {
     free(r.pin);
-    plan_free(&p);
     return set_err(BNN_ENOMEM, "out of memory for the thresholded input");
   }
   /* phase 2: im2col + gemm in chunks of <= ~64 pixels (L1-resident). With several tasks
@@ -593,10 +591,89 @@ static int run(const bnn_variant* v, const bnn_conv_params* cp, const float* x,
   }
   pf(pf_ctx, task_gemm, &r, (size_t)(images * r.blk_chunks * r.ob_chunks));
   free(r.pin);
-  plan_free(&p);
   if (r.failed) return set_err(BNN_ENOMEM, "out of memory for im2col scratch");
   return BNN_OK;
 }
+
+static int run(const bnn_variant* v, const bnn_conv_params* cp, const float* x,
+               const uint32_t* w, const float* mult, const float* bias, const float* threshold,
+               const float* residual, float* y, bnn_parallel_for_fn pf, void* pf_ctx,
+               int max_tasks) {
+  g_err[0] = 0;
+  if (!x || !w || !mult || !bias || !y) return set_err(BNN_EINVAL, "NULL tensor pointer");
+  bnn_plan p;
+  int rc = plan_build(&p, v, cp, w, mult, bias);
+  if (rc) return rc;
+  rc = run_planned(v, &p, cp->n, x, mult, bias, threshold, residual, y, pf, pf_ctx, max_tasks);
+  plan_free(&p);
+  return rc;
+}
+
+/* ------------------------------------------------------------------ cached plans */
+struct bnn_conv_plan {
+  bnn_conv_params params; /* n is not part of the plan */
+  const bnn_variant* v;
+  bnn_plan p;
+};
+
+static int same_geometry(const bnn_conv_params* a, const bnn_conv_params* b) {
+  bnn_conv_params x = *a, z = *b;
+  x.n = z.n = 0;
+  return memcmp(&x, &z, sizeof x) == 0;
+}
+
+int bnn_plan_create(const bnn_conv_params* p, const uint32_t* w, bnn_conv_plan** out) {
+  g_err[0] = 0;
+  if (!p || !w || !out) return set_err(BNN_EINVAL, "NULL argument");
+  *out = NULL;
+  const bnn_variant* v = NULL;
+  int rc = current_variant(&v);
+  if (rc) return rc;
+  bnn_conv_plan* plan = calloc(1, sizeof *plan);
+  if (!plan) return set_err(BNN_ENOMEM, "out of memory for a conv plan");
+  bnn_conv_params shape = *p;
+  if (shape.n < 1) shape.n = 1; /* the plan does not depend on the batch */
+  rc = plan_build(&plan->p, v, &shape, w, NULL, NULL);
+  if (rc) {
+    free(plan);
+    return rc;
+  }
+  plan->params = shape;
+  plan->v = v;
+  *out = plan;
+  return BNN_OK;
+}
+
+int bnn_plan_matches(const bnn_conv_plan* plan, const bnn_conv_params* p) {
+  const bnn_variant* v = NULL;
+  if (!plan || !p || current_variant(&v)) return 0;
+  return plan->v == v && same_geometry(&plan->params, p);
+}
+
+void bnn_plan_destroy(bnn_conv_plan* plan) {
+  if (!plan) return;
+  plan_free(&plan->p);
+  free(plan);
+}
+
+int bnn_conv2d_planned(const bnn_conv_plan* plan, const bnn_conv_params* p, const float* x,
+                       const float* multiplier, const float* bias, const float* threshold,
+                       const float* residual, float* y, bnn_parallel_for_fn parallel_for,
+                       void* ctx, int max_tasks) {
+  g_err[0] = 0;
+  if (!bnn_plan_matches(plan, p))
+    return set_err(BNN_EINVAL, "the plan was built for other conv parameters or kernel variant");
+  if (p->n < 0) return set_err(BNN_EINVAL, "negative batch size");
+  if (!parallel_for) {
+    int nthreads = max_tasks < 1 ? 1 : max_tasks > 64 ? 64 : max_tasks;
+    return run_planned(plan->v, &plan->p, p->n, x, multiplier, bias, threshold, residual, y,
+                       pthread_parallel_for, &nthreads, nthreads == 1 ? 1 : 4 * nthreads);
+  }
+  return run_planned(plan->v, &plan->p, p->n, x, multiplier, bias, threshold, residual, y,
+                     parallel_for, ctx, max_tasks);
+}
+
+
 
 int bnn_conv2d_with_variant(const bnn_variant* v, const bnn_conv_params* p, const float* x,
                             const uint32_t* w, const float* multiplier, const float* bias,

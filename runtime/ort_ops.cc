@@ -89,6 +89,13 @@ struct BinaryConv2d {
     if (dil.size() != 2) error_ += "dilations must be 2 ints; ";
     if (pads.size() != 4) error_ += "pads must be 4 ints [top, left, bottom, right]; ";
     if (!error_.empty()) return;
+    // W a constant initializer (every exported model): its plan (weight panel, geometry
+    // tables) is built at the first run and reused; otherwise built at every run
+    int is_constant = 0;
+    const OrtValue* w_value = nullptr;
+    OrtStatus* st = api->KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &w_value);
+    if (st) api->ReleaseStatus(st);
+    else w_constant_ = is_constant != 0;
     kh_ = ks[0]; kw_ = ks[1];
     sh_ = strides[0]; sw_ = strides[1];
     dh_ = dil[0]; dw_ = dil[1];
@@ -138,8 +145,21 @@ struct BinaryConv2d {
     float* y = Y.Allocate({xs[0], o, ho, wo});
     if (xs[0] * o * ho * wo == 0) return Ort::Status{nullptr};
     PoolCtx pc{ctx};
-    int rc = bnn_conv2d_fused(&p, X.Data(), W.Data(), multiplier.Data(), bias.Data(), thr, res, y,
-                              OrtParallelFor, &pc, 32);
+    std::shared_ptr<bnn_conv_plan> plan;
+    if (w_constant_) {
+      std::lock_guard<std::mutex> lock(plan_mu_);
+      if (!plan_ || plan_w_ != W.Data() || !bnn_plan_matches(plan_.get(), &p)) {
+        bnn_conv_plan* fresh = nullptr;
+        if (bnn_plan_create(&p, W.Data(), &fresh) != BNN_OK) return Fail(bnn_last_error());
+        plan_.reset(fresh, bnn_plan_destroy);
+        plan_w_ = W.Data();
+      }
+      plan = plan_;  // kept alive for this call even if another call replaces plan_
+    }
+    int rc = plan ? bnn_conv2d_planned(plan.get(), &p, X.Data(), multiplier.Data(), bias.Data(),
+                                       thr, res, y, OrtParallelFor, &pc, 32)
+                  : bnn_conv2d_fused(&p, X.Data(), W.Data(), multiplier.Data(), bias.Data(),
+                                     thr, res, y, OrtParallelFor, &pc, 32);
     if (rc != BNN_OK) return Fail(bnn_last_error());
     return Ort::Status{nullptr};
   }
@@ -182,6 +202,10 @@ struct BinaryConv2d {
   }
 
   std::string error_;
+  bool w_constant_ = false;
+  std::mutex plan_mu_;
+  std::shared_ptr<bnn_conv_plan> plan_;
+  const void* plan_w_ = nullptr;
   int64_t channels_in_ = 0, kh_ = 1, kw_ = 1, sh_ = 1, sw_ = 1, dh_ = 1, dw_ = 1;
   int64_t pt_ = 0, pl_ = 0, pb_ = 0, pr_ = 0, group_ = 1, pad_value_ = 1;
 };

@@ -213,6 +213,27 @@ def test_forced_variant_fused_threshold_and_residual(
         assert not _first_mismatch(y, want), f"{variant} {what} {conv}: " + _first_mismatch(y, want)
 
 
+def test_one_session_follows_variant_and_batch_changes() -> None:
+    """The op caches its plan (weight panel, geometry tables) per session: a forced
+    variant or another batch size between runs must still give exact results (the plan is
+    rebuilt for a new variant, reused across batch sizes)."""
+    conv = next(c for c in EDGE_CASES if c.o > 1 and c.h > 2)
+    x, _, w = random_inputs(conv, 11)
+    rng = np.random.default_rng(3)
+    m = rng.uniform(-2, 2, conv.o).astype(np.float32)
+    b = rng.standard_normal(conv.o).astype(np.float32)
+    session = onnx_session(_one_conv_model(conv, w, m, b), num_threads=2)
+    xs = [np.concatenate([x, x[::-1] * 0.5 - 0.25])[:n] for n in (len(x), 1, 2 * len(x))]
+    for variant in [*AVAILABLE, *reversed(AVAILABLE)]:
+        with native.forced_kernel(variant):
+            for xb in xs:
+                want = onnx_ops.binary_conv2d_reference(xb, w, m, b, **conv.attrs())
+                got = session.run(None, {"X": xb})[0]
+                assert not _first_mismatch(got, want), f"{variant} n={len(xb)}: " + (
+                    _first_mismatch(got, want)
+                )
+
+
 def test_fused_inputs_of_the_wrong_size_are_refused() -> None:
     conv = EDGE_CASES[0]
     x, _, w = random_inputs(conv, 3)
