@@ -65,12 +65,13 @@ class RunDirectory:
 
     def resumed_from(self, history: list[dict[str, Any]]) -> None:
         """Drop any metrics line written after the state being resumed was saved."""
-        self._metrics.rewrite(history)
+        self._metrics.truncate(history)
         self.epochs_done = len(history)
 
     def epoch_end(self, record: dict[str, float], state: Callable[[], dict[str, Any]]) -> None:
-        """Save the resumable state and log ``record`` (the first epoch creates the
-        directory, atomically, replacing an older one at that path)."""
+        """Save the resumable state and log ``record`` (the history record plus
+        ``images_per_second``); the first epoch creates the directory, atomically,
+        replacing an older one at that path."""
         from bnn_export.resume import save_state
         from bnn_export.train_log import MetricsLog
 
@@ -78,7 +79,7 @@ class RunDirectory:
         if not self.exists:
             with atomic_dir(self.output) as tmp:
                 save_state(tmp, full)
-                MetricsLog(tmp).rewrite(full["history"])
+                MetricsLog(tmp).rewrite([record])
             self.exists = True
         else:
             save_state(self.output, full)

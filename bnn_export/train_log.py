@@ -4,6 +4,7 @@ goes) and optional TensorBoard event files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -42,15 +43,14 @@ def epoch_record(
     lr: float | None = None,
 ) -> dict[str, float]:
     """The history entry of one epoch (1-based ``epoch`` in the record); prints it if asked.
-    ``images_per_second`` counts the training images over the epoch's ``seconds``
-    (evaluation included); ``lr`` (the learning rate at the end of the epoch) if given."""
+    ``lr``: the learning rate at the end of the epoch, recorded if given. Only ``seconds``
+    depends on timing (runs with the same seed have equal histories otherwise)."""
     record = {
         "epoch": epoch + 1,
         "loss": total_loss / samples,
         "train_accuracy": correct / samples,
         "test_accuracy": test_accuracy,
         "seconds": seconds,
-        "images_per_second": samples / seconds if seconds > 0 else 0.0,
     }
     if lr is not None:
         record["lr"] = lr
@@ -70,9 +70,22 @@ class MetricsLog:
         self.path = Path(directory) / METRICS_JSONL
 
     def rewrite(self, history: list[dict[str, Any]]) -> None:
-        """Replace the file (atomically) with ``history`` (e.g. the epochs a resumed
-        state holds: a line written after the state was saved is dropped)."""
+        """Replace the file (atomically) with ``history``."""
         write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+
+    def truncate(self, history: list[dict[str, Any]]) -> None:
+        """Keep the lines of the epochs ``history`` holds (a resumed state's: a line
+        written after the state was saved is dropped); lines that cannot be read are
+        replaced by ``history``'s records."""
+        lines: dict[int, dict[str, Any]] = {}
+        try:
+            for text in self.path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    line = json.loads(text)
+                    lines[int(line["epoch"])] = line
+        except OSError:
+            pass
+        self.rewrite([lines.get(int(r["epoch"]), r) for r in history])
 
     def append(self, record: dict[str, Any]) -> None:
         """Add one epoch's line and flush it to disk."""

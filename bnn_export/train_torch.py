@@ -306,7 +306,8 @@ def default_workers(dataset: Any, world_size: int) -> int:
 # --- training ---------------------------------------------------------------------------
 
 #: ``on_epoch_end(record, state)``: called on rank 0 after every epoch with its history
-#: record and a function building the resumable state (see ``bnn_export.resume``).
+#: record plus ``images_per_second`` (training images over the epoch's seconds), and a
+#: function building the resumable state (see ``bnn_export.resume``).
 EpochHook = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
 
 
@@ -458,7 +459,8 @@ def _train(
                     settings.epochs,
                     info,
                 )
-                on_epoch_end(record, state)
+                seconds = max(record["seconds"], 1e-9)
+                on_epoch_end(record | {"images_per_second": seen / seconds}, state)
             dd.barrier()
     return history
 
