@@ -142,14 +142,24 @@ def make_optimizer(
 
 
 def distribution_strategy(devices: int) -> tf.distribute.Strategy | None:
-    """A ``MirroredStrategy`` over the first ``devices`` GPUs (or, without enough GPUs,
-    logical CPUs); None for one device."""
+    """A ``MirroredStrategy`` over the first ``devices`` GPUs or, without that many GPUs,
+    over ``devices`` logical CPU devices; None for one device. If TensorFlow has not
+    started its devices yet and the CPU is not split already, the CPU is split into
+    ``devices`` logical devices here (they share the same cores: this is for runs and
+    tests of the multi-device path, not for speed)."""
     if devices <= 1:
         return None
+    if len(tf.config.list_physical_devices("GPU")) >= devices:
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy([d.name for d in gpus[:devices]])
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if tf.config.get_logical_device_configuration(cpu) is None:
+        with contextlib.suppress(RuntimeError):  # TensorFlow already started its devices
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(devices)]
+            )
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
-    if len(gpus) >= devices:
-        return tf.distribute.MirroredStrategy([d.name for d in gpus[:devices]])
     if len(cpus) >= devices:
         names = [d.name for d in cpus[:devices]]
         return tf.distribute.MirroredStrategy(
@@ -157,7 +167,7 @@ def distribution_strategy(devices: int) -> tf.distribute.Strategy | None:
         )
     raise BnnExportError(
         f"--devices {devices}: TensorFlow sees {len(gpus)} GPU(s) and {len(cpus)} logical "
-        "CPU device(s)",
+        "CPU device(s), and its devices were already set up",
         hint=f"pass --devices {max(len(gpus), len(cpus))} or fewer, or split the CPU with "
         "tf.config.set_logical_device_configuration before TensorFlow starts",
     )

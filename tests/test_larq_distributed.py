@@ -178,6 +178,22 @@ def test_two_devices_train_like_one_more_binarizers(
     _check_same_training(result, tolerance)
 
 
+@pytest.mark.skipif(not SLOW, reason="slow (a Larq training in a child); BNN_SLOW_TESTS=1")
+def test_cli_devices_splits_the_cpu(tmp_path: Path) -> None:
+    """Without GPUs, ``--devices 2`` splits the CPU into 2 logical devices itself."""
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnn_export", "train", "--framework", "larq", "--devices", "2",
+         "--epochs", "1", "--quiet", "-o", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["devices"] == 2 and metrics["framework"] == "larq"
+    assert metrics["test_accuracy"] > 0.3
+
+
 def test_larq_schedule_table_follows_lr_factors() -> None:
     from bnn_export.binarizers import get
     from bnn_export.lr_schedule import lr_factors
