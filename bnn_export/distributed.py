@@ -358,6 +358,7 @@ def launch(nproc: int, argv: list[str], output: str | None) -> None:
         max_restarts=0,
         monitor_interval=0.1,
     )
+    stamp = _state_stamp(output)
     env_before = {k: os.environ.get(k) for k in (LAUNCHED_ENV, "OMP_NUM_THREADS")}
     os.environ[LAUNCHED_ENV] = "1"
     if env_before["OMP_NUM_THREADS"] is None:  # else the agent sets 1 and logs a warning
@@ -381,14 +382,16 @@ def launch(nproc: int, argv: list[str], output: str | None) -> None:
             how = f"exited with status {code}"
         raise BnnExportError(
             f"training process rank {rank} of {nproc} {how}; the others were stopped. "
-            + _output_fate(output),
-            hint=_resume_hint(output) or "see the process's error above",
+            + _output_fate(output, stamp),
+            hint=_resume_hint(output, stamp) or "see the process's error above",
         ) from None
     except SignalException as exc:
         interrupted = KeyboardInterrupt(f"signal {exc.sigval}")
         interrupted.signum = int(exc.sigval)  # type: ignore[attr-defined]
-        interrupted.bnn_export_detail = _output_fate(output) + (  # type: ignore[attr-defined]
-            f" Continue with: bnn-export train --resume {output}" if _resume_hint(output) else ""
+        interrupted.bnn_export_detail = _output_fate(output, stamp) + (  # type: ignore[attr-defined]
+            f" Continue with: bnn-export train --resume {output}"
+            if _resume_hint(output, stamp)
+            else ""
         )
         raise interrupted from None
     finally:
@@ -401,20 +404,39 @@ def launch(nproc: int, argv: list[str], output: str | None) -> None:
                 os.environ[key] = value
 
 
-def _output_fate(output: str | None) -> str:
+def _state_stamp(output: str | None) -> int | None:
+    """When ``output``'s resumable state was last written (None: there is none)."""
+    from bnn_export.resume import RESUME_NAME
+
+    if output is None:
+        return None
+    try:
+        return (Path(output) / RESUME_NAME).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _output_fate(output: str | None, before: int | None) -> str:
+    """What the launched run left in ``output`` (``before``: its state's stamp at launch)."""
     if output is None:
         return "No output was written (no -o)."
-    from bnn_export.resume import RESUME_NAME, completed_epochs
+    from bnn_export.resume import completed_epochs
 
-    state = Path(output) / RESUME_NAME
-    if not state.is_file():
+    now = _state_stamp(output)
+    if now is not None and now == before:
+        return (
+            f"Nothing was written: {output} is as it was (resumable from epoch "
+            f"{completed_epochs(output)})."
+        )
+    if now is None:
+        if Path(output).exists():
+            return f"Nothing was written: {output} is as it was."
         return "No run directory was written."
     return f"{output} holds the state after epoch {completed_epochs(output)}."
 
 
-def _resume_hint(output: str | None) -> str | None:
-    from bnn_export.resume import RESUME_NAME
-
-    if output is not None and (Path(output) / RESUME_NAME).is_file():
+def _resume_hint(output: str | None, before: int | None) -> str | None:
+    now = _state_stamp(output)
+    if output is not None and now is not None and now != before:
         return f"continue it with: bnn-export train --resume {output}"
     return None

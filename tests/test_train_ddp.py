@@ -375,3 +375,24 @@ def test_sigterm_to_an_nproc_run_stops_every_process_and_leaves_it_resumable(
     assert f"{out} holds the state after epoch" in errors[0]
     assert f"bnn-export train --resume {out}" in errors[0]
     assert (out / "resume.pt").is_file() and not (out / "checkpoint.safetensors").exists()
+
+
+def test_the_launcher_tells_what_a_failed_run_left(tmp_path: Path) -> None:
+    from bnn_export.resume import save_state
+
+    out = tmp_path / "R"
+    assert dd._output_fate(None, None) == "No output was written (no -o)."
+    assert dd._output_fate(str(out), None) == "No run directory was written."
+    out.mkdir()
+    (out / "checkpoint.safetensors").write_bytes(b"an older, finished run")
+    assert dd._output_fate(str(out), None) == f"Nothing was written: {out} is as it was."
+    save_state(out, {"run": {}, "history": [], "epoch": 2})
+    before = dd._state_stamp(str(out))
+    assert before is not None
+    # the state was there before the launch and is untouched: an older run's, or the
+    # one being resumed
+    assert "is as it was (resumable from epoch 2)" in dd._output_fate(str(out), before)
+    assert dd._resume_hint(str(out), before) is None
+    # written by this run
+    assert dd._output_fate(str(out), None) == f"{out} holds the state after epoch 2."
+    assert dd._resume_hint(str(out), None) == f"continue it with: bnn-export train --resume {out}"
