@@ -63,21 +63,6 @@ class Recipe:
         """The recipe's ``TrainSettings`` (fields it does not set at their defaults)."""
         return TrainSettings(**{**self.settings, "recipe": self.name, **overrides})
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (``bnn-export list --json`` prints the summaries only)."""
-        return {
-            "name": self.name,
-            "summary": self.summary,
-            "model": self.model,
-            "dataset": self.dataset,
-            "binarizer": {"name": self.binarizer, "params": dict(self.binarizer_params)},
-            "settings": {
-                k: list(v) if isinstance(v, tuple) else v for k, v in self.settings.items()
-            },
-            "sources": dict(self.sources),
-            "uncertain": sorted(self.uncertain),
-        }
-
 
 # --- sources ---------------------------------------------------------------------------
 
