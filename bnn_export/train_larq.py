@@ -11,7 +11,8 @@ layers whose weight quantizer sets ``no_weight_decay`` and the variables its
 ``no_weight_decay_parameters()`` lists (SiMaN's rule): what ``torch.optim.Adam`` / ``SGD``
 with ``optim_torch.param_groups`` do. For adamw it is decoupled (``w -= lr * wd * w``,
 as ``torch.optim.AdamW``), with the same variables excluded. Keras' defaults differ from
-PyTorch's in two places, kept as they are: Adam's epsilon is 1e-7 (PyTorch 1e-8), and
+PyTorch's in two places, kept as they are: Adam's epsilon is 1e-7 and added to sqrt(v)
+before the bias correction (PyTorch: 1e-8, after it), and
 SGD folds the learning rate into the momentum buffer (``v = m v - lr g; w += v``; PyTorch:
 ``b = m b + g; w -= lr b``), the same update while the rate is constant.
 
