@@ -46,10 +46,25 @@ if TYPE_CHECKING:
     from bnn_export.convert.keras_export import KerasEmitter
     from bnn_export.convert.onnx_export import OnnxEmitter
 
-#: FakeQuantize input range for OpenVINO: its binarization threshold is the midpoint
-#: -2^-22, so x == 0 maps to +1 like everywhere else (a symmetric range maps 0 to -1);
-#: inputs in (-2^-22, 0) also map to +1 there, a documented deviation.
-OPENVINO_FQ_LOW, OPENVINO_FQ_HIGH = -(2.0**-20), 2.0**-21
+#: FakeQuantize(levels=2) input range for OpenVINO's sign: its CPU plugin maps
+#: x > (lo + hi) / 2 to +1 (measured), so [-2 * tiny, 0] (tiny = 2^-126, the smallest
+#: normal float32) puts the threshold at -tiny: x == 0 maps to +1 like everywhere else,
+#: and only x in (-2^-126, 0) (denormals, flushed to 0 there) deviates from x >= 0.
+#: (Until 0.x the range was [-2^-20, 2^-21], which also sent (-2^-22, 0) to +1: seen once
+#: in a full-size Bi-Real Net parity run.)
+OPENVINO_TINY = float(np.finfo(np.float32).tiny)
+OPENVINO_FQ_LOW, OPENVINO_FQ_HIGH = -2.0 * OPENVINO_TINY, 0.0
+
+
+def openvino_sign_range(k: int = 0) -> tuple[np.float32, np.float32]:
+    """[lo, hi] binarizing at 0 for the k-th layer binarizing one tensor: wider by
+    2 * k * tiny on both sides, the same midpoint -tiny (all exact in float32)."""
+    return (
+        np.float32(OPENVINO_FQ_LOW - 2 * k * OPENVINO_TINY),
+        np.float32(OPENVINO_FQ_HIGH + 2 * k * OPENVINO_TINY),
+    )
+
+
 OPENVINO_DOMAIN = "org.openvinotoolkit"
 
 
@@ -68,8 +83,7 @@ def openvino_threshold_range(threshold: np.ndarray, k: int = 0) -> tuple[np.ndar
     for _ in range(k):
         hi = np.nextafter(hi, np.float32(np.inf))
     zero = np.abs(t) < 4 * np.finfo(np.float32).tiny  # 0, or a range reaching denormals
-    lo[zero] = np.float32(OPENVINO_FQ_LOW - k * 2.0**-21)
-    hi[zero] = np.float32(OPENVINO_FQ_HIGH + k * 2.0**-21)
+    lo[zero], hi[zero] = openvino_sign_range(k)
     return lo.astype(np.float32), hi.astype(np.float32)
 
 
@@ -258,8 +272,9 @@ class BinaryOp(Op[Any]):
             # OpenVINO merges identical FakeQuantize chains (two binary layers binarizing
             # the same tensor the same way: ReActNet's doubled 1x1 convs after one RSign),
             # and a FakeQuantize with two consumers is not fused into BinaryConvolution;
-            # the k-th such layer gets a range wider by k * 2^-21 on both sides: the same
-            # midpoint (threshold), exactly, and a chain of its own
+            # the k-th such layer gets a wider range (openvino_sign_range,
+            # openvino_threshold_range): the same midpoint (threshold), exactly, and a chain
+            # of its own
             act = self.attrs(node).activation
             key = (
                 e.input(node),
@@ -277,10 +292,8 @@ class BinaryOp(Op[Any]):
                     e.const(f"{name}_fq_in_hi", hi_c.reshape(shape)),
                 )
             else:
-                lo, hi = (
-                    e.const(f"{name}_fq_in_lo", np.float32(OPENVINO_FQ_LOW - k * 2.0**-21)),
-                    e.const(f"{name}_fq_in_hi", np.float32(OPENVINO_FQ_HIGH + k * 2.0**-21)),
-                )
+                lo_k, hi_k = openvino_sign_range(k)
+                lo, hi = e.const(f"{name}_fq_in_lo", lo_k), e.const(f"{name}_fq_in_hi", hi_k)
             olo, ohi = (
                 e.const(f"{name}_fq_out_lo", np.float32(-1)),
                 e.const(f"{name}_fq_out_hi", np.float32(1)),
