@@ -17,7 +17,15 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bnn_export"
 
-TRAINERS = ("bnn_export.train_torch", "bnn_export.train_larq", "bnn_export.run", "bnn_export.sweep")
+TRAINERS = (
+    "bnn_export.train_torch",
+    "bnn_export.train_larq",
+    "bnn_export.run",
+    "bnn_export.sweep",
+    "bnn_export.distributed",
+    "bnn_export.resume",
+    "bnn_export.optim_torch",
+)
 CLI = ("bnn_export.cli", "bnn_export.convert_cli", "bnn_export.bench_cli", "bnn_export.__main__")
 EXPORT_SIDE = ("bnn_export.convert", "bnn_export.runtime", "bnn_export.bench", "bnn_export.devices")
 MODEL_SIDE = ("bnn_export.binarizers", "bnn_export.models")
