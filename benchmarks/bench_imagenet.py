@@ -2,10 +2,10 @@
 onnxruntime) vs OpenVINO's BinaryConvolution vs the LCE interpreter on x86 vs the float
 twin (same architecture, binarizer 'none') in onnxruntime, at 1 and 2 threads.
 
-Latency: median of interleaved runs in one process (ratios are what to compare; the LCE
-interpreter runs x86 reference kernels, so it gets fewer runs). Peak memory: each runtime
-loads its file and runs it in a child process of its own, which reports its peak RSS
-(``ru_maxrss``) less what it held before loading the model. Models have random weights
+Latency: median of runs interleaved in blocks in one process (ratios are what to compare;
+the LCE interpreter runs x86 reference kernels, so it gets fewer runs). Peak memory: each runtime
+loads its file and runs it in a child process of its own (which imports only the runtime),
+which reports its peak RSS (VmHWM) less its RSS before loading the model. Models have random weights
 with batch norm re-estimated on digits (latency does not depend on the values).
 
 Run: python -m benchmarks.bench_imagenet [--models birealnet18,reactnet-a,quicknet]
@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -74,21 +76,61 @@ def open_runner(runtime: str, data: bytes, threads: int) -> Runner:
     return cls(data, num_threads=threads)  # type: ignore[call-arg]
 
 
+#: what each runtime's child imports before its baseline is taken (the library's own
+#: footprint is not the model's)
+RUNTIME_IMPORTS = {
+    "ours": "import onnxruntime",
+    "float": "import onnxruntime",
+    "openvino": "import openvino",
+    "lce": "import larq_compute_engine.tflite.python.interpreter",
+}
+
+
 def peak_memory_mib(runtime: str, path: Path, threads: int) -> float:
-    """Peak RSS (MiB) a child process adds by loading ``path`` and running it 5 times."""
+    """Peak RSS (MiB) a model adds to a process: a child imports the runtime, notes its RSS,
+    loads ``path`` and runs it 5 times, and reports its peak RSS (VmHWM) less that baseline.
+    The child imports only the runtime module, not this benchmark (torch would raise the
+    high-water mark above anything the model adds)."""
     code = (
-        "import resource, sys, numpy as np\n"
-        "from benchmarks.bench_imagenet import open_runner\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        f"r = open_runner({runtime!r}, open({str(path)!r}, 'rb').read(), {threads})\n"
+        "import sys, numpy as np\n"
+        f"{RUNTIME_IMPORTS[runtime]}\n"
+        "from bnn_export.runtime.runners import LceRunner, OnnxRuntimeRunner, OpenVinoRunner\n"
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key + ':'):\n"
+        "            return int(line.split()[1])\n"
+        "before = status('VmRSS')\n"
+        f"cls = {RUNTIMES[runtime][0].__name__}\n"
+        f"r = cls(open({str(path)!r}, 'rb').read(), num_threads={threads})\n"
         "x = np.zeros((1, *r.input_shape), np.float32)\n"
         "[r.predict_one(x) for _ in range(5)]\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+        "print(status('VmHWM') - before)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=900
     )
     return int(out.stdout.split()[-1]) / 1024
+
+
+def blocked_median_ms(
+    fns: dict[str, Callable[[], object]], runs: int, block: int = 5, warmup: int = 3
+) -> dict[str, float]:
+    """Median ms of each callable, timed in rounds: each round runs every callable in turn,
+    ``block`` timed calls after one untimed one. Interleaving single calls (bench_kernels'
+    way) is unfair with several threads: a runtime's pool workers still spin for a while
+    after its call returns and steal the core from the next runtime's first call."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, runs // block)):
+        for name, fn in fns.items():
+            fn()  # untimed: lets the previous runtime's spinning workers go idle
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def time_runners(runners: dict[str, Runner], runs: int, lce_runs: int) -> dict[str, float]:
@@ -99,7 +141,7 @@ def time_runners(runners: dict[str, Runner], runs: int, lce_runs: int) -> dict[s
         r: partial(runner.predict_one, x) for r, runner in runners.items()
     }
     lce = calls.pop("lce", None)
-    ms = interleaved_median_ms(calls, runs)
+    ms = blocked_median_ms(calls, runs)
     if lce is not None:
         ms |= interleaved_median_ms({"lce": lce}, lce_runs, warmup=1)
     return ms
