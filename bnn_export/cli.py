@@ -66,7 +66,8 @@ def training_options(f: Any) -> Any:
             show_default=True,
             type=float,
             callback=_positive_lr,
-            help="Peak learning rate (see --optimizer, --schedule, --recipe).",
+            help="Peak learning rate (Adam, cosine decay to 0, unless train's --optimizer, "
+            "--schedule or --recipe say otherwise).",
         ),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option(
