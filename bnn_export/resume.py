@@ -9,6 +9,7 @@ architecture, binarizer, dataset, settings) as JSON. Loaded with
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -61,8 +62,12 @@ def save_state(directory: str | Path, state: dict[str, Any]) -> None:
     payload["format_version"] = RESUME_VERSION
     payload["run"] = json.dumps(state["run"], sort_keys=True)
     payload["history"] = json.dumps(state["history"])
+    # serialized in memory, then written by Python: a full disk is an OSError that
+    # atomic_path reports (torch.save's own writer raises a RuntimeError without errno)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(Path(directory) / RESUME_NAME) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:
