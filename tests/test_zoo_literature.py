@@ -130,3 +130,20 @@ def test_cli_reactnet_a_trains_and_converts_to_both_formats(tmp_path) -> None:
         assert report["facts"]["binary_ops"] == report["facts"]["binary_layers"] == 31, report
         assert report["validation"]["ok"] and report["validation"]["agreement"] >= 0.995
         assert out.stat().st_size == report["bytes"]
+
+
+@pytest.mark.parametrize("name", ["birealnet18", "reactnet-a", "quicknet"])
+def test_float_twin_has_no_sign_and_exports(name: str) -> None:
+    """binarizer 'none': the real-valued network (no RSign / sign left), which the speed
+    table compares with; it exports to plain ONNX (no binary layer)."""
+    from bnn_export.convert.graph import graph_from_torch
+    from bnn_export.convert.onnx_export import to_onnx
+    from bnn_export.models.blocks import RSign
+
+    shape = (3, 32, 32)
+    model = build_torch_model(arch_spec(name, input_shape=shape, width=0.125), get("none"))
+    assert not any(isinstance(m, RSign) for m in model.modules())
+    graph = graph_from_torch(model.eval(), shape)
+    assert not graph.binary_nodes()
+    ops = {n.op_type for n in to_onnx(graph, target="reference").graph.node}
+    assert "BinaryConv2d" not in ops and "Where" not in ops, ops

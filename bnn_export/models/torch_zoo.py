@@ -260,12 +260,14 @@ class ReActBlock(nn.Module):
                 pad_value=pad_value,
             )
 
-        self.sign3 = RSign(in_channels)
+        # the float twin (a non-binary binarizer, e.g. "none") has no sign activations:
+        # it is the real-valued network the binary one is compared with
+        self.sign3: nn.Module = RSign(in_channels) if binarizer.binary else nn.Identity()
         self.conv3 = bconv(in_channels, in_channels, 3, stride)
         self.bn3 = nn.BatchNorm2d(in_channels)
         self.shortcut3 = nn.AvgPool2d(2) if stride == 2 else nn.Identity()
         self.act3 = RPReLU(in_channels)
-        self.sign1 = RSign(in_channels)
+        self.sign1: nn.Module = RSign(in_channels) if binarizer.binary else nn.Identity()
         self.doubled = out_channels == 2 * in_channels
         self.conv1 = bconv(in_channels, in_channels if self.doubled else out_channels, 1)
         self.bn1 = nn.BatchNorm2d(self.conv1.out_channels)
