@@ -73,6 +73,7 @@ bench: setup
 	$(PY) -m benchmarks.bench_modeled
 	$(PY) -m benchmarks.bench_imagenet
 	$(PY) -m benchmarks.bench_data
+	$(PY) -m benchmarks.bench_train
 
 # Static layer-level benchmark binaries for any ARM board (no Python, no onnxruntime):
 # build/arm-bench/bnn_bench-aarch64 and bnn_bench-armhf from runtime/bench_main.c with the
