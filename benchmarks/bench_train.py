@@ -102,6 +102,7 @@ def trainer_rates(
     threads: int | None,
     workers: int | None = None,
     dist_info: Any = None,
+    sync_bn: bool | None = None,
 ) -> list[float]:
     """``train`` for ``epochs`` epochs; the images/s of every epoch after the first (on
     rank 0; other ranks return [])."""
@@ -116,6 +117,7 @@ def trainer_rates(
         num_threads=threads,
         device="cpu",
         workers=workers,
+        sync_bn=sync_bn,
     )
 
     def hook(record: dict[str, float], _state: Any) -> None:
@@ -195,6 +197,7 @@ def _ddp_worker(rank: int, world: int, port: int, args: argparse.Namespace, out:
             epochs=1 + args.epochs,
             threads=1,
             dist_info=info,
+            sync_bn=False if args.ddp_no_sync_bn else None,
         )
     if rank == 0:
         Path(out).write_text(json.dumps(rates))
@@ -225,6 +228,7 @@ def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     return {
         "binarizer": args.ddp_binarizer,
+        "sync_bn": not args.ddp_no_sync_bn,
         "global_batch": args.batch_size,
         "images_per_s": {"1": one, "2": two},
         "samples": {"1": rates[1], "2": rates[2]},
@@ -315,7 +319,8 @@ def report(result: dict[str, Any]) -> str:
     if d is not None:
         lines += [
             "",
-            f"ResNet-20 ({d['binarizer']}), data parallel (gloo, CPU, 1 thread per process), "
+            f"ResNet-20 ({d['binarizer']}), data parallel (gloo, CPU, 1 thread per process, "
+            f"synchronized batch norm {'on' if d['sync_bn'] else 'off'}), "
             f"global batch {d['global_batch']}:",
             "",
             "| processes | images/s | scaling | target | met |",
@@ -368,6 +373,11 @@ def main() -> None:
         "trainer's own choice, all cores for ResNet-20).",
     )
     ap.add_argument("--ddp-binarizer", default="ste")
+    ap.add_argument(
+        "--ddp-no-sync-bn",
+        action="store_true",
+        help="Data parallel without synchronized batch norm (as train --no-sync-bn).",
+    )
     ap.add_argument("--data-model", default="birealnet18")
     ap.add_argument("--data-width", type=float, default=0.25)
     ap.add_argument("--data-input-size", type=int, default=64)
