@@ -87,18 +87,22 @@ def test_available_variants_follow_the_cpu_flags() -> None:
     assert expected == AVAILABLE
 
 
-def _one_conv_model(conv: Conv, w: np.ndarray, m: np.ndarray, b: np.ndarray) -> bytes:
-    node = onnx_ops.make_binary_conv2d_node(["X", "W", "m", "b"], ["Y"], **conv.attrs())
+def _one_conv_model(
+    conv: Conv, w: np.ndarray, m: np.ndarray, b: np.ndarray, t: np.ndarray | None = None
+) -> bytes:
+    """One BinaryConv2d; with ``t`` also its optional inputs: threshold (an initializer,
+    [C] or [0]) and residual (a graph input R)."""
+    fused = t is not None
+    inputs = ["X", "W", "m", "b", *(["t", "R"] if fused else [])]
+    node = onnx_ops.make_binary_conv2d_node(inputs, ["Y"], **conv.attrs())
+    arrays = {"W": w, "m": m, "b": b, **({"t": t} if fused else {})}
     graph = helper.make_graph(
         [node],
-        "one_binary_conv",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, conv.c, conv.h, conv.w])],
+        "one_fused_binary_conv" if fused else "one_binary_conv",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, conv.c, conv.h, conv.w])]
+        + ([helper.make_tensor_value_info("R", TensorProto.FLOAT, [None] * 4)] if fused else []),
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None] * 4)],
-        initializer=[
-            numpy_helper.from_array(w, "W"),
-            numpy_helper.from_array(m, "m"),
-            numpy_helper.from_array(b, "b"),
-        ],
+        initializer=[numpy_helper.from_array(v, k) for k, v in arrays.items()],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnx_ops.DOMAIN, 1)]
@@ -153,31 +157,6 @@ def test_forced_variant_is_bit_exact(variant: str, conv: Conv, pad_value: int, t
         )
 
 
-def _fused_model(conv: Conv, w: np.ndarray, m: np.ndarray, b: np.ndarray, t: np.ndarray) -> bytes:
-    """One BinaryConv2d with its optional inputs: threshold (an initializer, [C] or [0])
-    and residual (a graph input R)."""
-    node = onnx_ops.make_binary_conv2d_node(["X", "W", "m", "b", "t", "R"], ["Y"], **conv.attrs())
-    graph = helper.make_graph(
-        [node],
-        "one_fused_binary_conv",
-        [
-            helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, conv.c, conv.h, conv.w]),
-            helper.make_tensor_value_info("R", TensorProto.FLOAT, [None] * 4),
-        ],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None] * 4)],
-        initializer=[
-            numpy_helper.from_array(w, "W"),
-            numpy_helper.from_array(m, "m"),
-            numpy_helper.from_array(b, "b"),
-            numpy_helper.from_array(t, "t"),
-        ],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnx_ops.DOMAIN, 1)]
-    )
-    return model.SerializeToString()
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("with_threshold", [True, False])
 @pytest.mark.parametrize("conv", EDGE_CASES, ids=str)
@@ -201,7 +180,7 @@ def test_forced_variant_fused_threshold_and_residual(
     r = rng.standard_normal(want.shape).astype(np.float32)
     want = onnx_ops.binary_conv2d_reference(x, w, m, b, threshold=t, residual=r, **conv.attrs())
     t_input = t if t is not None else np.zeros(0, np.float32)  # [0]: no threshold
-    session = onnx_session(_fused_model(conv, w, m, b, t_input), num_threads=threads)
+    session = onnx_session(_one_conv_model(conv, w, m, b, t_input), num_threads=threads)
     with native.forced_kernel(variant):
         got = {
             "native": native.binary_conv2d(
@@ -238,11 +217,11 @@ def test_fused_inputs_of_the_wrong_size_are_refused() -> None:
     conv = EDGE_CASES[0]
     x, _, w = random_inputs(conv, 3)
     m, b = np.ones(conv.o, np.float32), np.zeros(conv.o, np.float32)
-    session = onnx_session(_fused_model(conv, w, m, b, np.zeros(conv.c + 1, np.float32)))
+    session = onnx_session(_one_conv_model(conv, w, m, b, np.zeros(conv.c + 1, np.float32)))
     y = onnx_ops.binary_conv2d_reference(x, w, m, b, **conv.attrs())
     with pytest.raises(Exception, match="threshold must have C"):
         session.run(None, {"X": x, "R": y})
-    session = onnx_session(_fused_model(conv, w, m, b, np.zeros(0, np.float32)))
+    session = onnx_session(_one_conv_model(conv, w, m, b, np.zeros(0, np.float32)))
     with pytest.raises(Exception, match="residual must have the output's shape"):
         session.run(
             None, {"X": x, "R": np.zeros((y.shape[0], y.shape[1] + 1, *y.shape[2:]), np.float32)}
