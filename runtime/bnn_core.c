@@ -548,6 +548,13 @@ static int run_planned(const bnn_variant* v, const bnn_plan* plan, int64_t n, co
                        const float* residual, float* y, bnn_parallel_for_fn pf, void* pf_ctx,
                        int max_tasks) {
   if (!x || !mult || !bias || !y) return set_err(BNN_EINVAL, "NULL tensor pointer");
+  int nthreads;
+  if (!pf) { /* no parallel-for given: max_tasks pthreads (1: the calling thread only) */
+    nthreads = max_tasks < 1 ? 1 : max_tasks > 64 ? 64 : max_tasks;
+    pf = pthread_parallel_for;
+    pf_ctx = &nthreads;
+    max_tasks = nthreads == 1 ? 1 : 4 * nthreads;
+  }
   bnn_plan p = *plan;
   p.n = n;
   p.mult = mult;
@@ -664,11 +671,6 @@ int bnn_conv2d_planned(const bnn_conv_plan* plan, const bnn_conv_params* p, cons
   if (!bnn_plan_matches(plan, p))
     return set_err(BNN_EINVAL, "the plan was built for other conv parameters or kernel variant");
   if (p->n < 0) return set_err(BNN_EINVAL, "negative batch size");
-  if (!parallel_for) {
-    int nthreads = max_tasks < 1 ? 1 : max_tasks > 64 ? 64 : max_tasks;
-    return run_planned(plan->v, &plan->p, p->n, x, multiplier, bias, threshold, residual, y,
-                       pthread_parallel_for, &nthreads, nthreads == 1 ? 1 : 4 * nthreads);
-  }
   return run_planned(plan->v, &plan->p, p->n, x, multiplier, bias, threshold, residual, y,
                      parallel_for, ctx, max_tasks);
 }
@@ -708,11 +710,6 @@ int bnn_conv2d_fused(const bnn_conv_params* p, const float* x, const uint32_t* w
   const bnn_variant* v = NULL;
   int rc = current_variant(&v);
   if (rc) return rc;
-  if (!parallel_for) { /* max_tasks pthreads (1: the calling thread only) */
-    int nthreads = max_tasks < 1 ? 1 : max_tasks > 64 ? 64 : max_tasks;
-    return run(v, p, x, w, multiplier, bias, threshold, residual, y, pthread_parallel_for,
-               &nthreads, nthreads == 1 ? 1 : 4 * nthreads);
-  }
   return run(v, p, x, w, multiplier, bias, threshold, residual, y, parallel_for, ctx,
              max_tasks);
 }
