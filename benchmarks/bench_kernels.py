@@ -183,9 +183,9 @@ def ort_float_session(model: onnx.ModelProto, threads: int) -> object:
 
 
 def openvino_compiled(model: onnx.ModelProto, threads: int) -> tuple[object, list[str]]:
-    import openvino as ov
+    from bnn_export.runtime.runners import openvino_core
 
-    core = ov.Core()
+    core = openvino_core()
     ov_model = core.read_model(model.SerializeToString(), b"")
     compiled = core.compile_model(
         ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}

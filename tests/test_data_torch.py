@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,40 +111,6 @@ def test_augmentation_depends_only_on_seed_epoch_index(cifar_dir: Path) -> None:
     np.testing.assert_array_equal(xa, stack(a)[0])  # back to epoch 2: the same again
 
 
-#: DataLoader worker processes (fork and spawn, persistent ones) run in a child pytest:
-#: in the suite's own process they left state behind that made it crash (SIGSEGV, no
-#: Python frame) several modules later, when the fuzz tests started OpenVINO / LCE
-#: (reproduced: this file + tests/test_fuzz_export.py; not yet explained)
-IN_CHILD = os.environ.get("BNN_DATA_WORKERS_CHILD") == "1"
-workers_in_child = pytest.mark.skipif(
-    not IN_CHILD, reason="runs in a child process: test_worker_tests_in_a_child_process"
-)
-
-
-@pytest.mark.skipif(IN_CHILD, reason="the child runs the worker tests themselves")
-def test_worker_tests_in_a_child_process() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            __file__,
-            "-k",
-            "worker_count or spawned",
-        ],
-        env={**os.environ, "BNN_DATA_WORKERS_CHILD": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "3 passed" in proc.stdout, proc.stdout[-2000:]
-
-
-@workers_in_child
 @pytest.mark.parametrize("persistent", [False, True])
 def test_worker_count_does_not_change_batches(cifar_dir: Path, persistent: bool) -> None:
     train = training_data(f"cifar10:{cifar_dir}", seed=3).train
@@ -173,7 +136,6 @@ def test_worker_count_does_not_change_batches(cifar_dir: Path, persistent: bool)
     assert not np.array_equal(single[0], single[5])  # epoch 0 and 1 differ
 
 
-@workers_in_child
 def test_spawned_persistent_worker_sees_set_epoch(cifar_dir: Path) -> None:
     """Under the spawn start method the dataset is pickled into the worker: the augment
     callable must pickle, and the shared epoch must still reach a persistent worker."""

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,21 @@ import numpy as np
 from bnn_export.errors import BnnExportError
 
 RUNTIMES = ("onnxruntime", "openvino", "lce", "torch")
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, created on first use and kept until exit.
+
+    One Core per process is not only cheaper: OpenVINO's CPU plugin gives the calling thread
+    its own signal stack (``sigaltstack``) when it first compiles, and a Core destroyed while
+    a younger one is alive puts back a stack that is already freed. The next signal with a
+    handler on the main thread (e.g. SIGCHLD once a torch ``DataLoader`` has had workers)
+    then kills the process with SIGSEGV (tests/test_runners_openvino.py reproduces it).
+    """
+    import openvino as ov
+
+    return ov.Core()
 
 
 @dataclass
@@ -99,7 +115,7 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         t0 = time.perf_counter()
-        core = ov.Core()
+        core = openvino_core()
         ov_model = core.read_model(model, b"")
         shape = [int(d.get_length()) for d in ov_model.inputs[0].get_partial_shape()[1:]]
         ov_model.reshape([1, *shape])
