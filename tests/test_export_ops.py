@@ -387,8 +387,68 @@ def test_zoo_tflite_every_binary_layer_is_lce_bconv_and_matches(lce: LceServer) 
         data, facts = lce.convert(graph)
         assert facts["binary_ops"] == facts["binary_layers"] == ZOO[name], (name, facts)
         assert not facts["float_fallbacks"], facts
+        if name == "reactnet-a":  # RSign thresholds moved into biases: the only Subs left
+            # are RPReLU's own (x - gamma); before, one more per LceQuantize (52 in all)
+            rprelus = sum(n.op == "rprelu" for n in graph.nodes)
+            assert facts["ops"]["SUB"] == rprelus == facts["ops"]["LceQuantize"], facts
         ref32, ref64 = reference(model, x)
         check_parity(LceRunner(data).predict(x), ref32, ref64, f"{name}: tflite")
+
+
+class _ShortcutBlock(nn.Module):
+    """stem -> bn0 -> RSign -> BinaryConv2d -> bn1; output bn1 + f(bn0)."""
+
+    def __init__(self, shortcut: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.rs, self.conv = RSign(8), BinaryConv2d(8, 8, 3, binarizer=STE, padding=1)
+        self.bn1, self.shortcut = nn.BatchNorm2d(8), shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn0(self.stem(x))
+        return self.bn1(self.conv(self.rs(y))) + self.shortcut(y)
+
+
+@pytest.mark.parametrize(
+    "shortcut, moves",
+    [(nn.Identity(), True), (nn.AvgPool2d(1), True), (nn.ReLU(), False), (nn.MaxPool2d(1), False)],
+)
+def test_lce_threshold_shift_into_biases(shortcut: nn.Module, moves: bool) -> None:
+    """LCE has no threshold input: the RSign threshold t moves into the producer's bias
+    (bn0's beta - t) and back onto the shortcut (bn1's beta + t) where the shortcut can
+    carry it, else it stays a float Sub. The rewritten graph computes the same logits
+    (onnx reference target, standard ops) and the same binarized bits."""
+    import copy
+
+    from bnn_export.convert.keras_export import shift_thresholds_into_producers
+
+    torch.manual_seed(0)
+    model = _ShortcutBlock(shortcut)
+    with torch.no_grad():
+        model.rs.threshold.uniform_(-0.5, 0.5)
+    x, _ = _digits((1, 8, 8))
+    recalibrate_batchnorm(model, x)
+    graph = graph_from_torch(model.eval(), (1, 8, 8))
+    shifted = copy.deepcopy(graph)
+    moved = shift_thresholds_into_producers(shifted)
+    (conv,) = shifted.binary_nodes()
+    assert moved == ([conv.name] if moves else [])
+    assert conv.attrs.activation.kind == ("sign" if moves else "threshold")
+    t = graph.binary_nodes()[0].attrs.activation.threshold
+    bn0 = {n.name: n for n in shifted.nodes}[conv.inputs[0]]
+    beta0 = {n.name: n for n in graph.nodes}[bn0.name].attrs.beta
+    np.testing.assert_allclose(bn0.attrs.beta, beta0 - t if moves else beta0, rtol=0, atol=1e-6)
+
+    def logits_and_bits(g: Graph) -> tuple[np.ndarray, np.ndarray]:
+        proto = to_onnx(g, target="reference", accumulators=True).SerializeToString()
+        runner = OnnxRuntimeRunner(proto)
+        out = runner.outputs(x)
+        return out[runner.session.get_outputs()[0].name], out[f"{conv.name}_binput"]
+
+    want, want_in = logits_and_bits(graph)
+    got, got_in = logits_and_bits(shifted)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.mean(np.sign(got_in) != np.sign(want_in)) < 1e-3  # float rounding at t only
 
 
 # ------------------------------------------------------------------ refusals

@@ -26,8 +26,14 @@ tests/test_fuzz_export.py, docs/reliability.md):
   not recognize the kernel as binary and silently keeps the whole conv float (IR-Net's
   scale is 2^-40 when a channel has a single weight).
 
-Activation preprocessing (per-channel threshold, SiMaN's centring, SD-BNN's SE branch)
-stays float ops before the sign. Flatten reorders to PyTorch's C, H, W order so dense
+RSign thresholds: LCE 0.16's ``LceQuantize`` / ``LceBconv2d`` take no threshold, so before
+building, ``shift_thresholds_into_producers`` moves each per-channel threshold t into the
+op that produces the binarized value (RPReLU's zeta or a batch norm's beta, minus t) and
+adds t back on every other path that value takes (through identities and average pools
+into a residual Add whose other operand is a batch norm: its beta, plus t; LCE folds it
+into ``LceBconv2d``'s output bias). ReActNet's blocks then carry no float op for RSign;
+where a value's other uses cannot take the shift, its threshold stays a float ``Sub``
+before the sign, as do SiMaN's centring and SD-BNN's SE branch. Flatten reorders to PyTorch's C, H, W order so dense
 layers keep their weights.
 
 Each op of the graph builds its own layers (``convert/ops``: ``Op.to_keras``, the binary
@@ -38,10 +44,13 @@ layers and LCE's rules in ``ops/binary.py`` and ``ops/runtime_rules.py``) throug
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any, cast
 
 import numpy as np
 
+from bnn_export.binarizers.exports import ActivationExport
 from bnn_export.convert.graph import Graph, Node
 from bnn_export.convert.ops.binary import BinaryOp
 from bnn_export.convert.ops.runtime_rules import LCE_MIN_SCALE, lce_scale_reason
@@ -53,6 +62,7 @@ __all__ = [
     "check_tflite_exportable",
     "lce_float_reason",
     "lce_scale_reason",
+    "shift_thresholds_into_producers",
 ]
 
 
@@ -72,6 +82,73 @@ def _keras_name(node: str) -> str:
     "_0", "_1", ..., but a TF name scope must start with a letter or digit."""
     name = node.replace(".", "_")
     return name if name[:1].isalnum() else f"layer{name}"
+
+
+def _compensations(
+    graph: Graph, value: str, consumer: Node, t: np.ndarray, plan: list[tuple[Node, np.ndarray]]
+) -> bool:
+    """Whether ``consumer`` can take ``value`` shifted by -t: the +t goes on through
+    identities and average pools (a window mean of a per-channel constant is that constant
+    when no padding is counted) to a residual Add whose other operand is a batch norm used
+    only there; those batch norms (and their +t) are appended to ``plan``."""
+    if consumer.op == "identity" or (
+        consumer.op == "avgpool"
+        and (not any(consumer.attrs.padding) or not consumer.attrs.count_include_pad)
+        and not consumer.attrs.ceil_mode
+    ):
+        users = graph.consumers(consumer.name)
+        return (
+            consumer.name != graph.output
+            and bool(users)
+            and all(_compensations(graph, consumer.name, u, t, plan) for u in users)
+        )
+    if consumer.op == "add" and len(consumer.inputs) == 2 and consumer.inputs.count(value) == 1:
+        other = graph.node(consumer.inputs[1 - consumer.inputs.index(value)])
+        if other.op == "bn" and [c.name for c in graph.consumers(other.name)] == [consumer.name]:
+            plan.append((other, t))
+            return True
+    return False
+
+
+def shift_thresholds_into_producers(graph: Graph) -> list[str]:
+    """Move RSign thresholds out of the binary layers into the graph's float biases, in place
+    (LCE has no threshold input; module docstring). A value ``v`` is rewritten when every
+    binary layer reading it binarizes at the same threshold t, its producer is an RPReLU
+    (zeta) or a batch norm (beta), and every other reader can take v - t
+    (``_compensations``). Returns the binary layers whose thresholds moved."""
+    moved: list[str] = []
+    values = dict.fromkeys(
+        n.inputs[0]
+        for n in graph.nodes
+        if n.definition.binary and n.attrs.activation.kind == "threshold"
+    )
+    for value in values:
+        readers = graph.consumers(value)
+        binary = [n for n in readers if n.definition.binary]
+        kinds = {n.attrs.activation.kind for n in binary}
+        if kinds != {"threshold"} or any(n.inputs.count(value) != 1 for n in binary):
+            continue
+        t = np.asarray(binary[0].attrs.activation.threshold, np.float32).reshape(-1)
+        if any(not np.array_equal(n.attrs.activation.threshold.reshape(-1), t) for n in binary):
+            continue
+        producer = graph.node(value)
+        if producer.op not in ("rprelu", "bn") or value == graph.output:
+            continue
+        plan: list[tuple[Node, np.ndarray]] = []
+        if not all(_compensations(graph, value, n, t, plan) for n in readers if n not in binary):
+            continue
+        if producer.op == "rprelu":
+            zeta = producer.attrs.zeta.astype(np.float32) - t
+            producer.attrs = dataclasses.replace(producer.attrs, zeta=zeta)
+        else:
+            beta = producer.attrs.beta.astype(np.float32) - t
+            producer.attrs = dataclasses.replace(producer.attrs, beta=beta)
+        for bn, shift in plan:
+            bn.attrs = dataclasses.replace(bn.attrs, beta=bn.attrs.beta.astype(np.float32) + shift)
+        for n in binary:
+            n.attrs = dataclasses.replace(n.attrs, activation=ActivationExport("sign"))
+            moved.append(n.name)
+    return moved
 
 
 class KerasEmitter:
@@ -105,6 +182,8 @@ class KerasEmitter:
 def build_keras_model(graph: Graph) -> tuple[Any, list[str]]:
     """(tf_keras.Model, names of binary layers that stay float convs)."""
     check_tflite_exportable(graph)
+    graph = copy.deepcopy(graph)
+    shift_thresholds_into_producers(graph)
     import larq as lq
     import tensorflow as tf
     import tf_keras as keras
