@@ -23,7 +23,8 @@ from bnn_export.binarizers.exports import ActivationExport, WeightExport
 
 def sign_pm1(x: Tensor) -> Tensor:
     """sign with the Larq/LCE convention: x >= 0 -> +1, else -1 (never 0)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    one = x.new_ones(())  # 0-d, broadcast: no full-size constant tensors
+    return torch.where(x >= 0, one, -one)
 
 
 class _ClippedSTESign(torch.autograd.Function):
@@ -401,34 +402,47 @@ class SimanWeight(WeightQuantizer):
 
 
 class _SimanActivationSign(torch.autograd.Function):
-    """Forward sign(centred); backward clamp(2 - 2|a1|, 0) on the standardized a1 (the
-    official SiMaN estimator), which autograd carries back through the standardization."""
+    """SiMaN's activation in one autograd node. Forward: per sample (all but the batch
+    axis, n values), c = a - mean, s = sqrt(var + 1e-5) with var over n - 1, output
+    sign(c) (= sign(a1), a1 = c / s). Backward: the official estimator
+    g = grad * clamp(2 - 2|a1|, 0) carried back through the standardization in closed form,
+    da = (g - mean(g) - a1 * sum(g * a1) / (n - 1)) / s (the centring's and the variance's
+    terms; what autograd computes through mean, var and the division, in fewer passes)."""
 
     @staticmethod
-    def forward(ctx: Any, a1: Tensor, centred: Tensor) -> Tensor:
-        ctx.save_for_backward(a1)
-        return sign_pm1(centred)
+    def forward(ctx: Any, a: Tensor) -> Tensor:
+        dims = tuple(range(1, a.dim()))
+        n = math.prod(a.shape[1:])
+        dof = n - 1 if n > 1 else n
+        x = a.float()  # statistics in float32 also under fp16 / bf16 autocast
+        centred = x - x.mean(dim=dims, keepdim=True)
+        var = centred.square().sum(dim=dims, keepdim=True) / dof
+        inv_s = torch.rsqrt(var + SIMAN_EPS)
+        ctx.save_for_backward(centred, inv_s)
+        ctx.dof, ctx.dtype = dof, a.dtype
+        return sign_pm1(centred).to(a.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (a1,) = ctx.saved_tensors
-        return grad * torch.clamp(2 - 2 * a1.abs(), min=0), None
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        centred, inv_s = ctx.saved_tensors
+        dims = tuple(range(1, centred.dim()))
+        a1 = centred * inv_s
+        g = grad.float() * torch.clamp(2 - 2 * a1.abs(), min=0)
+        g_mean = g.mean(dim=dims, keepdim=True)
+        ga1 = (g * a1).sum(dim=dims, keepdim=True) / ctx.dof
+        return ((g - g_mean - a1 * ga1) * inv_s).to(ctx.dtype)
 
 
 class CenteredSignActivation(ActivationQuantizer):
     """SiMaN's activation: sign(a - mean(a)) per sample (mean over all but the batch axis).
     Backward as the official code: a1 = (a - mean) / sqrt(var + 1e-5) per sample (variance
     over n - 1), gradient clamp(2 - 2|a1|, 0) at a1, back through the standardization
-    (mean and variance included). sign(a1) = sign(a - mean), so the forward and the
-    export (a float reduction before the binary op) only need the centring."""
+    (mean and variance included; ``_SimanActivationSign``). sign(a1) = sign(a - mean), so
+    the forward and the export (a float reduction before the binary op) only need the
+    centring."""
 
     def forward(self, x: Tensor) -> Tensor:
-        dims = tuple(range(1, x.dim()))
-        centred = x - x.mean(dim=dims, keepdim=True)
-        n = math.prod(x.shape[1:])
-        var = centred.var(dim=dims, correction=1 if n > 1 else 0, keepdim=True)
-        a1 = centred / torch.sqrt(var + SIMAN_EPS)
-        return _SimanActivationSign.apply(a1, centred)  # type: ignore[no-any-return]
+        return _SimanActivationSign.apply(x)  # type: ignore[no-any-return]
 
     def export(self) -> ActivationExport:
         return ActivationExport("center")
