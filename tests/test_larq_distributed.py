@@ -4,7 +4,11 @@ The multi-device runs happen in a child process that splits the CPU into two log
 devices before TensorFlow starts (``tf.config.set_logical_device_configuration``); the
 child trains the same model from the same seed on one device (the ordinary path, fused
 batch norm) and on two (mirrored variables, synchronized batch norm, the global batch
-split 50/50, an odd last batch split unevenly) and prints the largest differences.
+split 50/50, an odd last batch split unevenly) and prints the largest differences. It trains
+in float64 (``tf_keras.backend.set_floatx``): in float32 the two runs' different summation
+orders put some activation within rounding of 0 on one side or the other depending on the
+CPU's kernels (oneDNN on AVX2 parted the runs by 0.015 in 3 steps; AVX-512 did not), so
+the tolerance tested the machine, not the distributed step.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+# float64: 1- and 2-device runs sum in different orders (batch 64 vs 2 x 32); in float32 an
+# activation that lands within rounding of 0 binarizes differently on some CPUs (seen with
+# oneDNN on AVX2) and the runs part; float64 keeps the comparison to the distributed step
+import tf_keras
+tf_keras.backend.set_floatx("float64")
 
 from bnn_export.binarizers import get
 from bnn_export.datasets import load_dataset
@@ -92,16 +101,16 @@ def _child(case: dict[str, object]) -> dict[str, object]:
     return result
 
 
-def _check_same_training(result: dict[str, object], tolerance: float = 2e-5) -> None:
+def _check_same_training(result: dict[str, object], tolerance: float = 1e-9) -> None:
     weights, scale = result["weights"], result["scale"]
     assert isinstance(weights, float) and isinstance(scale, float)
-    assert weights <= tolerance * max(scale, 1.0), result  # float32 summation order only
-    assert result["moving_mean"] <= 1e-4, result  # type: ignore[operator]
+    assert weights <= tolerance * max(scale, 1.0), result  # float64 summation order only
+    assert result["moving_mean"] <= max(tolerance, 1e-9), result  # type: ignore[operator]
     # one device: fused batch norm, Bessel-corrected variance in the moving average;
     # two: synchronized batch norm, population variance (docs/recipes.md)
     assert result["moving_variance"] <= 2e-3, result  # type: ignore[operator]
     one, two = result["losses"]  # type: ignore[misc]
-    assert abs(one - two) <= 1e-5 * abs(one)
+    assert abs(one - two) <= max(tolerance, 1e-9) * abs(one)
 
 
 def test_two_devices_train_like_one() -> None:
