@@ -84,13 +84,11 @@ def _keras_name(node: str) -> str:
     return name if name[:1].isalnum() else f"layer{name}"
 
 
-def _compensations(
-    graph: Graph, value: str, consumer: Node, t: np.ndarray, plan: list[tuple[Node, np.ndarray]]
-) -> bool:
+def _compensations(graph: Graph, value: str, consumer: Node, plan: list[Node]) -> bool:
     """Whether ``consumer`` can take ``value`` shifted by -t: the +t goes on through
     identities and average pools (a window mean of a per-channel constant is that constant
     when no padding is counted) to a residual Add whose other operand is a batch norm used
-    only there; those batch norms (and their +t) are appended to ``plan``."""
+    only there; those batch norms (each to get +t) are appended to ``plan``."""
     if consumer.op == "identity" or (
         consumer.op == "avgpool"
         and (not any(consumer.attrs.padding) or not consumer.attrs.count_include_pad)
@@ -100,12 +98,12 @@ def _compensations(
         return (
             consumer.name != graph.output
             and bool(users)
-            and all(_compensations(graph, consumer.name, u, t, plan) for u in users)
+            and all(_compensations(graph, consumer.name, u, plan) for u in users)
         )
     if consumer.op == "add" and len(consumer.inputs) == 2 and consumer.inputs.count(value) == 1:
         other = graph.node(consumer.inputs[1 - consumer.inputs.index(value)])
         if other.op == "bn" and [c.name for c in graph.consumers(other.name)] == [consumer.name]:
-            plan.append((other, t))
+            plan.append(other)
             return True
     return False
 
@@ -134,8 +132,8 @@ def shift_thresholds_into_producers(graph: Graph) -> list[str]:
         producer = graph.node(value)
         if producer.op not in ("rprelu", "bn") or value == graph.output:
             continue
-        plan: list[tuple[Node, np.ndarray]] = []
-        if not all(_compensations(graph, value, n, t, plan) for n in readers if n not in binary):
+        plan: list[Node] = []
+        if not all(_compensations(graph, value, n, plan) for n in readers if n not in binary):
             continue
         if producer.op == "rprelu":
             zeta = producer.attrs.zeta.astype(np.float32) - t
@@ -143,8 +141,8 @@ def shift_thresholds_into_producers(graph: Graph) -> list[str]:
         else:
             beta = producer.attrs.beta.astype(np.float32) - t
             producer.attrs = dataclasses.replace(producer.attrs, beta=beta)
-        for bn, shift in plan:
-            bn.attrs = dataclasses.replace(bn.attrs, beta=bn.attrs.beta.astype(np.float32) + shift)
+        for bn in plan:
+            bn.attrs = dataclasses.replace(bn.attrs, beta=bn.attrs.beta.astype(np.float32) + t)
         for n in binary:
             n.attrs = dataclasses.replace(n.attrs, activation=ActivationExport("sign"))
             moved.append(n.name)
