@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_kernels import interleaved_median_ms
+from benchmarks.bench_kernels import blocked_median_ms, interleaved_median_ms, thread_scaling
 from bnn_export.binarizers import get
 from bnn_export.convert.export_flow import export_graph
 from bnn_export.convert.graph import graph_from_torch
@@ -112,27 +110,6 @@ def peak_memory_mib(runtime: str, path: Path, threads: int) -> float:
     return int(out.stdout.split()[-1]) / 1024
 
 
-def blocked_median_ms(
-    fns: dict[str, Callable[[], object]], runs: int, block: int = 5, warmup: int = 3
-) -> dict[str, float]:
-    """Median ms of each callable, timed in rounds: each round runs every callable in turn,
-    ``block`` timed calls after one untimed one. Interleaving single calls (bench_kernels'
-    way) is unfair with several threads: a runtime's pool workers still spin for a while
-    after its call returns and steal the core from the next runtime's first call."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(max(1, runs // block)):
-        for name, fn in fns.items():
-            fn()  # untimed: lets the previous runtime's spinning workers go idle
-            for _ in range(block):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def time_runners(runners: dict[str, Runner], runs: int, lce_runs: int) -> dict[str, float]:
     """Median ms per runtime on one random input: interleaved, LCE apart with fewer runs."""
     x = np.random.default_rng(0).standard_normal((1, *runners["ours"].input_shape))
@@ -145,6 +122,25 @@ def time_runners(runners: dict[str, Runner], runs: int, lce_runs: int) -> dict[s
     if lce is not None:
         ms |= interleaved_median_ms({"lce": lce}, lce_runs, warmup=1)
     return ms
+
+
+def scaling(
+    files: dict[str, bytes], threads: list[int]
+) -> dict[str, tuple[float, tuple[float, float]]]:
+    """Speed-up from the first to the last thread count, ours and the float twin, as
+    ``thread_scaling``'s median of paired block ratios with its quartiles (the per-thread
+    tables time the counts minutes apart, which these VMs' drift does not forgive)."""
+    out = {}
+    for r in ("ours", "float"):
+        shape = open_runner(r, files[RUNTIMES[r][1]], 1).input_shape
+        x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+
+        def make(t: int, r: str = r, x: np.ndarray = x) -> Callable[[], object]:
+            return partial(open_runner(r, files[RUNTIMES[r][1]], t).predict_one, x)
+
+        _, ratio, quartiles = thread_scaling(make, (threads[0], threads[-1]), rounds=20)
+        out[r] = (ratio, quartiles)
+    return out
 
 
 def op_time_shares(data: bytes, runs: int = 10) -> dict[str, float]:
@@ -222,6 +218,8 @@ def main() -> None:
                     row["peak_mib"] = {
                         r: peak_memory_mib(r, paths[RUNTIMES[r][1]], t) for r in runtimes
                     }
+            if len(threads) > 1:
+                row["scaling"] = scaling(files, threads)
             row["op_share"] = op_time_shares(files["ours.onnx"])
             results.append(row)
             _print_row(row, threads)
@@ -255,9 +253,13 @@ def _print_row(row: dict[str, Any], threads: list[int]) -> None:
             f"  {r:<10}{size / 1024:10.0f}{cells}{(f'{mem:10.0f}' if mem is not None else ' ' * 10)}  "
             + ("-" if r == "ours" else f"{ratio:.2f}x at {threads[0]} thread(s)")
         )
-    if len(threads) > 1:
-        scale = ms[threads[0]]["ours"] / ms[threads[-1]]["ours"]
-        print(f"  ours {threads[0]} -> {threads[-1]} threads: {scale:.2f}x")
+    if "scaling" in row:
+        (xo, qo), (xf, qf) = row["scaling"]["ours"], row["scaling"]["float"]
+        print(
+            f"  {threads[0]} -> {threads[-1]} threads (paired blocks, median ratio [quartiles]): "
+            f"ours {xo:.2f}x [{qo[0]:.2f}, {qo[1]:.2f}] (target >= 1.7x), "
+            f"float twin {xf:.2f}x [{qf[0]:.2f}, {qf[1]:.2f}]"
+        )
     if row.get("op_share"):
         shares = ", ".join(f"{op} {share:.0%}" for op, share in row["op_share"].items())
         print(f"  where ours spends its time (onnxruntime profile, 1 thread): {shares}")
