@@ -12,6 +12,9 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 ARM_ROOTFS ?= .cache/arm-rootfs
+# pytest workers (pytest-xdist, whole files per worker): one per core, at most 4 (each
+# imports torch, TensorFlow and OpenVINO); PYTEST_JOBS=0 runs in this process
+PYTEST_JOBS ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
 
 .PHONY: setup system-deps demo test test-avx2 test-arm lint typecheck pytest bench arm-bench clean
 
@@ -50,7 +53,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 pytest: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_JOBS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
