@@ -49,6 +49,12 @@ from bnn_export.train_larq import distribution_strategy, model_scope, train
 from bnn_export.train_settings import TrainSettings
 
 case = json.loads(sys.argv[1])
+if case.get("avg_pool"):
+    # max pooling's gradient goes to one element per window: where a non-power-of-two
+    # weight scale leaves two equal pre-activations one rounding step apart, the 1- and
+    # 2-device batch norm statistics (summed in different orders) can pick different
+    # winners, and the gradient moves by a whole value (see _MAXPOOL_TIES)
+    tf_keras.layers.MaxPooling2D = tf_keras.layers.AveragePooling2D
 data = load_dataset("digits")
 n = case["samples"]  # n % batch odd: the last batch splits unevenly over 2 replicas
 data = replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n],
@@ -135,10 +141,16 @@ def test_two_devices_train_like_one() -> None:
     assert "--devices 2 or fewer" in refused
 
 
-_OPEN = (
-    "open: 1- and 2-device runs part within a few steps (docs/recipes.md, 'Not verified'); "
-    "no error found in the distributed step"
-)
+#: Why equal_bits and siman run with average pooling here: their weights are +-s with s not
+#: a power of two (sqrt(2 / fan_in); SiMaN's learnt alpha), so conv outputs that are equal in
+#: exact arithmetic differ by a rounding step; batch norm over 64 samples (1 device) and over
+#: 2 x 32 summed (2 devices) rounds its statistics differently, which can turn such a
+#: near-tie into an exact tie in one run only, and MaxPooling2D's backward routes the whole
+#: gradient to a different element. Diagnosed step by step: the first step's forward and
+#: everything after the last max pool agree exactly, the first difference is the kernel
+#: gradient behind a max pool; with a power-of-two scale, or average pooling, every step
+#: agrees to 1e-9. The distributed step itself is exact for them.
+_MAXPOOL_TIES = "max pooling near-ties (see _MAXPOOL_TIES)"
 
 
 @pytest.mark.skipif(not SLOW, reason="slow (two Larq trainings per case); BNN_SLOW_TESTS=1")
@@ -162,18 +174,9 @@ _OPEN = (
         # a 1-epoch run anneals beta straight to beta_max; at the default 100 the tanh
         # is saturated and its gradient a spike around 0, where float noise decides
         ("gwt", {"optimizer": "sgd", "lr": 0.02, "schedule": "constant", "epochs": 1}, 2e-5),
-        pytest.param(
-            "equal_bits",
-            {"optimizer": "sgd", "lr": 0.02, "epochs": 1},
-            2e-5,
-            marks=pytest.mark.xfail(reason=_OPEN, strict=False),
-        ),
-        pytest.param(
-            "siman",
-            {"optimizer": "sgd", "lr": 0.02, "weight_decay": 5e-4, "epochs": 1},
-            2e-5,
-            marks=pytest.mark.xfail(reason=_OPEN, strict=False),
-        ),
+        # average pooling: _MAXPOOL_TIES
+        ("equal_bits", {"optimizer": "sgd", "lr": 0.02, "epochs": 1}, 2e-5),
+        ("siman", {"optimizer": "sgd", "lr": 0.02, "weight_decay": 5e-4, "epochs": 1}, 2e-5),
     ],
 )
 def test_two_devices_train_like_one_more_binarizers(
@@ -182,7 +185,13 @@ def test_two_devices_train_like_one_more_binarizers(
     """A few steps only: a latent weight or activation within float error of 0 may
     binarize differently on 1 and 2 devices, after which the runs part."""
     params = {"beta_max": 2.0} if binarizer == "gwt" else {}
-    case = {"binarizer": binarizer, "params": params, "samples": 187, "settings": settings}
+    case = {
+        "binarizer": binarizer,
+        "params": params,
+        "samples": 187,
+        "settings": settings,
+        "avg_pool": binarizer in ("equal_bits", "siman"),
+    }
     result = _child(case)
     _check_same_training(result, tolerance)
 

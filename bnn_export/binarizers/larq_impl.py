@@ -263,7 +263,8 @@ class IrNetWeight(_EdeMixin, WeightQuantizer):
     def scale(w_hat: tf.Tensor) -> tf.Tensor:
         axes = list(range(w_hat.shape.rank - 1))
         mean_abs = tf.maximum(tf.reduce_mean(tf.abs(tf.stop_gradient(w_hat)), axis=axes), 1e-12)
-        return tf.pow(2.0, tf.round(tf.math.log(mean_abs) / math.log(2.0)))
+        two = tf.constant(2.0, mean_abs.dtype)  # a bare 2.0 is float32: fails in float64
+        return tf.pow(two, tf.round(tf.math.log(mean_abs) / math.log(2.0)))
 
     def call(self, kernel: tf.Tensor) -> tf.Tensor:
         w_hat = lm.standardize_per_channel(kernel, unbiased=True)
