@@ -198,14 +198,21 @@ def test_standalone_bench_binary(tmp_path: Path) -> None:
         check=True,
     )
     for variant in VARIANTS:
-        res = subprocess.run(
-            [str(exe), "--c", "33", "--o", "17", "--hw", "6", "--runs", "3", "--kernel", variant],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert res.returncode == 0, res.stderr
-        assert res.stdout.startswith(f"kernel={variant} layers=4 c=33 o=17 hw=6 k=3"), res.stdout
-        assert "median_ms=" in res.stdout
+        for threads in (1, 3):
+            res = subprocess.run(
+                [str(exe), "--c", "33", "--o", "17", "--hw", "6", "--runs", "3"]
+                + ["--kernel", variant, "--threads", str(threads)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert res.returncode == 0, res.stderr
+            assert res.stdout.startswith(
+                f"kernel={variant} layers=4 c=33 o=17 hw=6 k=3 threads={threads}"
+            ), res.stdout
+            assert "median_ms=" in res.stdout and "plan=cached" in res.stdout
+            # the timed (planned, pooled) stack equals a 1-thread bnn_conv2d run bit for bit
+            assert "check=ok" in res.stdout, res.stdout
+            assert ("pool=persistent" in res.stdout) == (threads > 1), res.stdout
     res = subprocess.run([str(exe), "--kernel", "bogus"], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown kernel 'bogus'" in res.stderr
