@@ -8,6 +8,8 @@
  *
  *   y[n, o, oy, ox] = bias[o] + multiplier[o] * acc[n, o, oy, ox]
  *
+ * (optionally followed by a residual add and RPReLU: bnn_conv2d_fused_ex).
+ *
  * All functions return 0 on success and a negative BNN_E* code on failure;
  * bnn_last_error() then describes the problem (thread-local string).
  */
@@ -98,6 +100,37 @@ BNN_API int bnn_conv2d_planned(const bnn_conv_plan* plan, const bnn_conv_params*
                                const float* x, const float* multiplier, const float* bias,
                                const float* threshold, const float* residual, float* y,
                                bnn_parallel_for_fn parallel_for, void* ctx, int max_tasks);
+
+/*
+ * Optional fusions of bnn_conv2d_fused_ex (every pointer NULL: off), applied in this order:
+ *   threshold float [C]: as in bnn_conv2d_fused (ReActNet's RSign);
+ *   residual float [N, O, HO, WO]: as in bnn_conv2d_fused (y += residual);
+ *   rprelu_shift, rprelu_slope, rprelu_bias float [O] each, all three or none: ReActNet's
+ *     RPReLU on the result, per output channel o:
+ *       t = y - rprelu_shift[o];  q = (t < 0) ? rprelu_slope[o] * t : t;
+ *       y = q + rprelu_bias[o]
+ *     each step one float32 operation with its own rounding: the result of ONNX's Sub,
+ *     PRelu, Add run separately (NaN stays NaN).
+ */
+typedef struct bnn_fusion {
+  const float* threshold;
+  const float* residual;
+  const float* rprelu_shift;
+  const float* rprelu_slope;
+  const float* rprelu_bias;
+} bnn_fusion;
+
+/*
+ * bnn_conv2d_fused / bnn_conv2d_planned with every fusion of bnn_fusion (fusion NULL:
+ * none). plan NULL: w is used (and repacked for this call, as bnn_conv2d_fused does);
+ * otherwise the plan must match p (BNN_EINVAL if not) and w is ignored (may be NULL).
+ * BNN_EINVAL when only some of the three RPReLU vectors are given.
+ * parallel_for NULL: runs on max_tasks pthreads (1 or less: the calling thread only).
+ */
+BNN_API int bnn_conv2d_fused_ex(const bnn_conv_plan* plan, const bnn_conv_params* p,
+                                const float* x, const uint32_t* w, const float* multiplier,
+                                const float* bias, const bnn_fusion* fusion, float* y,
+                                bnn_parallel_for_fn parallel_for, void* ctx, int max_tasks);
 
 /*
  * Pack +-1 weights int8 [O, C/group, KH, KW] (value < 0 -> bit 1; 0 and > 0 -> bit 0)

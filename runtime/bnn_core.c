@@ -423,6 +423,11 @@ typedef struct {
   float* y;
   const float* threshold; /* [C] or NULL: bit = +1 where x >= threshold[c] */
   const float* residual;  /* [N, O, HO, WO] or NULL: added after the affine epilogue */
+  /* [O] each or all NULL: RPReLU after the residual: t = y - shift[o];
+   * y = ((t < 0) ? slope[o] * t : t) + bias[o] */
+  const float* rp_shift;
+  const float* rp_slope;
+  const float* rp_bias;
   uint64_t* pin;       /* [n][group][hp][wp][cw64] */
   int64_t pin_stride;  /* words per (n, g) */
   int64_t row_chunks, row_step;
@@ -466,18 +471,50 @@ static void task_pack(void* arg, size_t idx) {
   free(tmp);
 }
 
-/* y += residual over the tile a gemm task just wrote (cache-hot): output channels of
- * blocks [ob0, ob1) of group g, pixels [pix0, pix1) */
-static void add_residual(const run_ctx* r, int64_t n, int64_t g, int64_t ob0, int64_t ob1,
-                         int64_t pix0, int64_t pix1) {
+/* (t < 0) ? st : t as a bit select: exactly one of the two values (NaN t: t), written so
+ * that a loop of it vectorizes (GCC keeps a float ?: as a branch: "control flow in loop") */
+static inline float select_if_negative(float t, float st) {
+  uint32_t tb, sb;
+  memcpy(&tb, &t, sizeof tb);
+  memcpy(&sb, &st, sizeof sb);
+  uint32_t m = (uint32_t)0 - (uint32_t)(t < 0.0f);
+  uint32_t out = (sb & m) | (tb & ~m);
+  float q;
+  memcpy(&q, &out, sizeof q);
+  return q;
+}
+
+/* The float epilogue after the affine one, over the tile a gemm task just wrote
+ * (cache-hot): output channels of blocks [ob0, ob1) of group g, pixels [pix0, pix1).
+ * y += residual, then RPReLU; every step is one float32 operation rounded on its own
+ * (built with -ffp-contract=off), the rounding of the separate ONNX Add, Sub, PRelu, Add. */
+static void epilogue_pass(const run_ctx* r, int64_t n, int64_t g, int64_t ob0, int64_t ob1,
+                          int64_t pix0, int64_t pix1) {
   const bnn_plan* p = r->p;
   int64_t o1 = ob1 * p->nb < p->og ? ob1 * p->nb : p->og;
   if (pix1 > p->npix) pix1 = p->npix;
   for (int64_t ol = ob0 * p->nb; ol < o1; ol++) {
-    int64_t off = (n * p->o + g * p->og + ol) * p->npix;
+    const int64_t oc = g * p->og + ol;
+    const int64_t off = (n * p->o + oc) * p->npix;
     float* y = r->y + off;
-    const float* res = r->residual + off;
-    for (int64_t i = pix0; i < pix1; i++) y[i] += res[i];
+    const float* res = r->residual ? r->residual + off : NULL;
+    if (!r->rp_shift) {
+      for (int64_t i = pix0; i < pix1; i++) y[i] += res[i];
+      continue;
+    }
+    const float shift = r->rp_shift[oc], slope = r->rp_slope[oc], bias = r->rp_bias[oc];
+    if (res) {
+      for (int64_t i = pix0; i < pix1; i++) {
+        float v = y[i] + res[i];
+        float t = v - shift;
+        y[i] = select_if_negative(t, slope * t) + bias;
+      }
+    } else {
+      for (int64_t i = pix0; i < pix1; i++) {
+        float t = y[i] - shift;
+        y[i] = select_if_negative(t, slope * t) + bias;
+      }
+    }
   }
 }
 
@@ -504,7 +541,8 @@ static void task_gemm(void* arg, size_t idx) {
   im2col(p, r->pin + img * r->pin_stride, b0, nb, a);
   r->v->gemm(p, a, b0, nb, g, ob0, ob1, r->y + n * p->o * p->npix);
   free(a);
-  if (r->residual) add_residual(r, n, g, ob0, ob1, b0 * p->lanes, (b0 + nb) * p->lanes);
+  if (r->residual || r->rp_shift)
+    epilogue_pass(r, n, g, ob0, ob1, b0 * p->lanes, (b0 + nb) * p->lanes);
 }
 
 /* default parallel-for: run inline or on a pthread team */
@@ -544,10 +582,14 @@ static void pthread_parallel_for(void* ctx, bnn_task_fn fn, void* arg, size_t to
 /* Pack + gemm with a built plan; `plan` is only read (several calls may share it): the
  * batch size and the affine vectors come with the call. */
 static int run_planned(const bnn_variant* v, const bnn_plan* plan, int64_t n, const float* x,
-                       const float* mult, const float* bias, const float* threshold,
-                       const float* residual, float* y, bnn_parallel_for_fn pf, void* pf_ctx,
-                       int max_tasks) {
+                       const float* mult, const float* bias, const bnn_fusion* f, float* y,
+                       bnn_parallel_for_fn pf, void* pf_ctx, int max_tasks) {
   if (!x || !mult || !bias || !y) return set_err(BNN_EINVAL, "NULL tensor pointer");
+  int nrp = !!f->rprelu_shift + !!f->rprelu_slope + !!f->rprelu_bias;
+  if (nrp != 0 && nrp != 3)
+    return set_err(BNN_EINVAL,
+                   "rprelu_shift, rprelu_slope and rprelu_bias must be given together (got %d of 3)",
+                   nrp);
   int nthreads;
   if (!pf) { /* no parallel-for given: max_tasks pthreads (1: the calling thread only) */
     nthreads = max_tasks < 1 ? 1 : max_tasks > 64 ? 64 : max_tasks;
@@ -559,7 +601,15 @@ static int run_planned(const bnn_variant* v, const bnn_plan* plan, int64_t n, co
   p.n = n;
   p.mult = mult;
   p.bias = bias;
-  run_ctx r = {.p = &p, .v = v, .x = x, .y = y, .threshold = threshold, .residual = residual};
+  run_ctx r = {.p = &p,
+               .v = v,
+               .x = x,
+               .y = y,
+               .threshold = f->threshold,
+               .residual = f->residual,
+               .rp_shift = f->rprelu_shift,
+               .rp_slope = f->rprelu_slope,
+               .rp_bias = f->rprelu_bias};
   r.pin_stride = p.hp * p.wp * p.cw64;
   r.pin = calloc((size_t)(p.n * p.group * r.pin_stride), sizeof(uint64_t));
   if (!r.pin) return set_err(BNN_ENOMEM, "out of memory for the packed input");
@@ -603,15 +653,14 @@ static int run_planned(const bnn_variant* v, const bnn_plan* plan, int64_t n, co
 }
 
 static int run(const bnn_variant* v, const bnn_conv_params* cp, const float* x,
-               const uint32_t* w, const float* mult, const float* bias, const float* threshold,
-               const float* residual, float* y, bnn_parallel_for_fn pf, void* pf_ctx,
-               int max_tasks) {
+               const uint32_t* w, const float* mult, const float* bias, const bnn_fusion* f,
+               float* y, bnn_parallel_for_fn pf, void* pf_ctx, int max_tasks) {
   g_err[0] = 0;
   if (!x || !w || !mult || !bias || !y) return set_err(BNN_EINVAL, "NULL tensor pointer");
   bnn_plan p;
   int rc = plan_build(&p, v, cp, w, mult, bias);
   if (rc) return rc;
-  rc = run_planned(v, &p, cp->n, x, mult, bias, threshold, residual, y, pf, pf_ctx, max_tasks);
+  rc = run_planned(v, &p, cp->n, x, mult, bias, f, y, pf, pf_ctx, max_tasks);
   plan_free(&p);
   return rc;
 }
@@ -671,8 +720,29 @@ int bnn_conv2d_planned(const bnn_conv_plan* plan, const bnn_conv_params* p, cons
   if (!bnn_plan_matches(plan, p))
     return set_err(BNN_EINVAL, "the plan was built for other conv parameters or kernel variant");
   if (p->n < 0) return set_err(BNN_EINVAL, "negative batch size");
-  return run_planned(plan->v, &plan->p, p->n, x, multiplier, bias, threshold, residual, y,
-                     parallel_for, ctx, max_tasks);
+  const bnn_fusion f = {threshold, residual, NULL, NULL, NULL};
+  return run_planned(plan->v, &plan->p, p->n, x, multiplier, bias, &f, y, parallel_for, ctx,
+                     max_tasks);
+}
+
+int bnn_conv2d_fused_ex(const bnn_conv_plan* plan, const bnn_conv_params* p, const float* x,
+                        const uint32_t* w, const float* multiplier, const float* bias,
+                        const bnn_fusion* fusion, float* y, bnn_parallel_for_fn parallel_for,
+                        void* ctx, int max_tasks) {
+  g_err[0] = 0;
+  const bnn_fusion none = {NULL, NULL, NULL, NULL, NULL};
+  const bnn_fusion* f = fusion ? fusion : &none;
+  if (plan) {
+    if (!bnn_plan_matches(plan, p))
+      return set_err(BNN_EINVAL, "the plan was built for other conv parameters or kernel variant");
+    if (p->n < 0) return set_err(BNN_EINVAL, "negative batch size");
+    return run_planned(plan->v, &plan->p, p->n, x, multiplier, bias, f, y, parallel_for, ctx,
+                       max_tasks);
+  }
+  const bnn_variant* v = NULL;
+  int rc = current_variant(&v);
+  if (rc) return rc;
+  return run(v, p, x, w, multiplier, bias, f, y, parallel_for, ctx, max_tasks);
 }
 
 
@@ -681,7 +751,8 @@ int bnn_conv2d_with_variant(const bnn_variant* v, const bnn_conv_params* p, cons
                             const uint32_t* w, const float* multiplier, const float* bias,
                             float* y) {
   int one = 1;
-  return run(v, p, x, w, multiplier, bias, NULL, NULL, y, pthread_parallel_for, &one, 1);
+  const bnn_fusion none = {NULL, NULL, NULL, NULL, NULL};
+  return run(v, p, x, w, multiplier, bias, &none, y, pthread_parallel_for, &one, 1);
 }
 
 int bnn_conv2d(const bnn_conv_params* p, const float* x, const uint32_t* w,
@@ -691,7 +762,8 @@ int bnn_conv2d(const bnn_conv_params* p, const float* x, const uint32_t* w,
   if (rc) return rc;
   if (num_threads < 1) num_threads = 1;
   if (num_threads > 64) num_threads = 64;
-  return run(v, p, x, w, multiplier, bias, NULL, NULL, y, pthread_parallel_for, &num_threads,
+  const bnn_fusion none = {NULL, NULL, NULL, NULL, NULL};
+  return run(v, p, x, w, multiplier, bias, &none, y, pthread_parallel_for, &num_threads,
              num_threads == 1 ? 1 : 4 * num_threads);
 }
 
@@ -710,8 +782,8 @@ int bnn_conv2d_fused(const bnn_conv_params* p, const float* x, const uint32_t* w
   const bnn_variant* v = NULL;
   int rc = current_variant(&v);
   if (rc) return rc;
-  return run(v, p, x, w, multiplier, bias, threshold, residual, y, parallel_for, ctx,
-             max_tasks);
+  const bnn_fusion f = {threshold, residual, NULL, NULL, NULL};
+  return run(v, p, x, w, multiplier, bias, &f, y, parallel_for, ctx, max_tasks);
 }
 
 /* ------------------------------------------------------------------ portable variant */

@@ -108,6 +108,9 @@ struct BinaryConv2d {
                       const Ort::Custom::Tensor<float>& bias,
                       std::optional<const Ort::Custom::Tensor<float>*> threshold,
                       std::optional<const Ort::Custom::Tensor<float>*> residual,
+                      std::optional<const Ort::Custom::Tensor<float>*> rprelu_shift,
+                      std::optional<const Ort::Custom::Tensor<float>*> rprelu_slope,
+                      std::optional<const Ort::Custom::Tensor<float>*> rprelu_bias,
                       Ort::Custom::Tensor<float>& Y) {
     if (!error_.empty()) return Ort::Status(("BinaryConv2d: " + error_).c_str(), ORT_INVALID_ARGUMENT);
     const auto& xs = X.Shape();
@@ -129,7 +132,8 @@ struct BinaryConv2d {
     if (shape_p.n == 0) shape_p.n = 1;  // empty batch: still validate, output is empty
     if (bnn_conv2d_output_shape(&shape_p, &ho, &wo) != BNN_OK) return Fail(bnn_last_error());
     // optional inputs: threshold [C] ([0]: none, so that a residual can follow it),
-    // residual [N, O, HO, WO]
+    // residual [N, O, HO, WO] ([0]: none, so that the RPReLU vectors can follow it),
+    // rprelu_shift, rprelu_slope, rprelu_bias [O] each (all three or none)
     const float* thr = nullptr;
     if (threshold.has_value() && *threshold && (*threshold)->NumberOfElement() != 0) {
       if ((*threshold)->NumberOfElement() != xs[1])
@@ -137,11 +141,29 @@ struct BinaryConv2d {
       thr = (*threshold)->Data();
     }
     const float* res = nullptr;
-    if (residual.has_value() && *residual) {
+    if (residual.has_value() && *residual && (*residual)->Shape() != std::vector<int64_t>{0}) {
       const std::vector<int64_t> want{xs[0], o, ho, wo};
       if ((*residual)->Shape() != want) return Fail("residual must have the output's shape [N, O, HO, WO]");
       res = (*residual)->Data();
     }
+    const std::optional<const Ort::Custom::Tensor<float>*>* rp_in[3] = {&rprelu_shift, &rprelu_slope,
+                                                                        &rprelu_bias};
+    const char* rp_names[3] = {"rprelu_shift", "rprelu_slope", "rprelu_bias"};
+    const float* rp[3] = {nullptr, nullptr, nullptr};
+    int n_rp = 0;
+    for (int i = 0; i < 3; i++) {
+      const auto& in = *rp_in[i];
+      if (!in.has_value() || !*in) continue;
+      if ((*in)->Shape() != std::vector<int64_t>{o})
+        return Fail(std::string(rp_names[i]) + " must be 1-D with O = W.shape[0] = " +
+                    std::to_string(o) + " elements");
+      rp[i] = (*in)->Data();
+      n_rp++;
+    }
+    if (n_rp != 0 && n_rp != 3)
+      return Fail("rprelu_shift, rprelu_slope and rprelu_bias must be given together (got " +
+                  std::to_string(n_rp) + " of 3)");
+    const bnn_fusion fusion{thr, res, rp[0], rp[1], rp[2]};
     float* y = Y.Allocate({xs[0], o, ho, wo});
     if (xs[0] * o * ho * wo == 0) return Ort::Status{nullptr};
     PoolCtx pc{ctx};
@@ -156,10 +178,8 @@ struct BinaryConv2d {
       }
       plan = plan_;  // kept alive for this call even if another call replaces plan_
     }
-    int rc = plan ? bnn_conv2d_planned(plan.get(), &p, X.Data(), multiplier.Data(), bias.Data(),
-                                       thr, res, y, OrtParallelFor, &pc, 32)
-                  : bnn_conv2d_fused(&p, X.Data(), W.Data(), multiplier.Data(), bias.Data(),
-                                     thr, res, y, OrtParallelFor, &pc, 32);
+    int rc = bnn_conv2d_fused_ex(plan.get(), &p, X.Data(), W.Data(), multiplier.Data(),
+                                 bias.Data(), &fusion, y, OrtParallelFor, &pc, 32);
     if (rc != BNN_OK) return Fail(bnn_last_error());
     return Ort::Status{nullptr};
   }

@@ -340,7 +340,9 @@ def test_zoo_onnx_every_binary_layer_is_binary_and_matches(name: str) -> None:
     model, graph = _zoo(name)
     _, x = _digits64()
     assert len(graph.binary_nodes()) == ZOO[name]
-    nodes = to_onnx(graph, target="onnxruntime").graph.node
+    onnx_model = to_onnx(graph, target="onnxruntime")
+    nodes = onnx_model.graph.node
+    constants = {t.name for t in onnx_model.graph.initializer}
     ops = [n.op_type for n in nodes]
     assert ops.count("BinaryConv2d") == ZOO[name]
     bconvs = [n for n in nodes if n.op_type == "BinaryConv2d"]
@@ -362,7 +364,9 @@ def test_zoo_onnx_every_binary_layer_is_binary_and_matches(name: str) -> None:
                                  graph.node(i).op == "bn" and graph.node(i).inputs[0] in
                                  {b.name for b in graph.binary_nodes()} for i in n.inputs)
     )  # fmt: skip
-    assert sum(len(n.input) == 6 for n in bconvs) == shortcuts
+    assert sum(len(n.input) >= 6 and n.input[5] not in constants for n in bconvs) == shortcuts
+    if name == "reactnet-a":  # every RPReLU fused: the ops' rprelu_* inputs (onnxruntime)
+        assert "PRelu" not in ops and all(len(n.input) == 9 for n in bconvs)
     assert shortcuts > 0 or name == "quicknet"  # quicknet: ReLU between bconv and its add
     for target in ("onnxruntime", "openvino", "reference"):
         _check_export(model, graph, x, target)  # exact accumulators, signs, logits

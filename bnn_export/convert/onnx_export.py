@@ -63,10 +63,18 @@ class OnnxEmitter:
     """The ONNX model under construction, handed to each op's ``to_onnx``: nodes and
     initializers so far, the tensor name of every graph node emitted, the graph's shapes."""
 
-    def __init__(self, graph: Graph, target: str, accumulators: bool = False) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        target: str,
+        accumulators: bool = False,
+        fuse_rprelu: bool = True,
+    ) -> None:
         self.graph = graph
         self.target = target
         self.accumulators = accumulators
+        #: onnxruntime: an RPReLU right after a BinaryConv2d becomes its rprelu_* inputs
+        self.fuse_rprelu_enabled = fuse_rprelu
         self.shapes = graph.shapes()
         self.names: dict[str, str] = {}  # graph node -> tensor name
         self.folded: set[str] = set()  # bn nodes folded into the preceding binary op
@@ -79,6 +87,9 @@ class OnnxEmitter:
         #: graph node (a binary conv, or the batch norm folded into it) -> its
         #: BinaryConv2d node, while a residual Add may still be fused into it (onnxruntime)
         self.fusable: dict[str, onnx.NodeProto] = {}
+        #: residual Add fused into a BinaryConv2d -> that node, while an RPReLU may still be
+        #: fused into it (onnxruntime)
+        self.rprelu_fusable: dict[str, onnx.NodeProto] = {}
 
     def input(self, node: Node, i: int = 0) -> str:
         """Tensor name of the node's ``i``-th input."""
@@ -112,8 +123,62 @@ class OnnxEmitter:
             proto.input.append(self.names[other])
             self.nodes.remove(proto)
             self.nodes.append(proto)
+            self.rprelu_fusable[add.name] = proto
             return str(proto.output[0])
         return None
+
+    def fuse_rprelu(
+        self, node: Node, shift: np.ndarray, slope: np.ndarray, bias: np.ndarray
+    ) -> str | None:
+        """Fuse the RPReLU ``node`` (``prelu(x - shift, slope) + bias`` per channel) into the
+        BinaryConv2d producing its input (possibly with a fused residual): the op's
+        ``rprelu_*`` inputs, when the op's output feeds nothing else. A channel Concat of
+        such outputs (ReActNet-A's widening blocks) counts too: each op gets its slice of
+        the vectors. Returns the fused output's name (None: emit Sub, PRelu, Add).
+        onnxruntime only."""
+        if self.target != "onnxruntime" or not self.fuse_rprelu_enabled or not node.inputs:
+            return None
+        src = node.inputs[0]
+        shape = self.shapes[src]
+        if src == self.graph.output or len(self.graph.consumers(src)) != 1 or len(shape) != 4:
+            return None
+        channels = shape[1]
+        vectors = [np.asarray(v, np.float32).reshape(-1) for v in (shift, slope, bias)]
+        if vectors[1].size == 1:  # one shared slope
+            vectors[1] = np.full(channels, vectors[1][0], np.float32)
+        if any(v.size != channels for v in vectors):
+            return None
+        producer = next((n for n in self.graph.nodes if n.name == src), None)
+        parts = list(producer.inputs) if producer is not None and producer.op == "concat" else [src]
+        protos: list[onnx.NodeProto] = []
+        for part in parts:
+            proto = self.fusable.get(part)
+            if proto is None:
+                proto = self.rprelu_fusable.get(part)
+            if (
+                proto is None
+                or part == self.graph.output
+                or len(self.graph.consumers(part)) != 1
+                or len(self.shapes[part]) != 4
+                or any(p is proto for p in protos)
+            ):
+                return None
+            protos.append(proto)
+        if sum(self.shapes[part][1] for part in parts) != channels:
+            return None
+        start = 0
+        for i, (part, proto) in enumerate(zip(parts, protos, strict=True)):
+            self.fusable.pop(part, None)
+            self.rprelu_fusable.pop(part, None)
+            empty = [f"{proto.name}_no_threshold", f"{proto.name}_no_residual"]
+            while len(proto.input) < 6:  # empty optional inputs keep the positions
+                proto.input.append(self.const(empty[len(proto.input) - 4], np.zeros(0, np.float32)))
+            stop = start + self.shapes[part][1]
+            suffix = f"_{i}" if len(parts) > 1 else ""
+            for what, v in zip(("shift", "slope", "bias"), vectors, strict=True):
+                proto.input.append(self.const(f"{node.name}_rprelu_{what}{suffix}", v[start:stop]))
+            start = stop
+        return self.names[src]
 
     def const(self, name: str, value: np.ndarray | np.generic) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
@@ -136,6 +201,7 @@ def to_onnx(
     target: str = "onnxruntime",
     metadata: dict[str, Any] | None = None,
     accumulators: bool = False,
+    fuse_rprelu: bool = True,
 ) -> onnx.ModelProto:
     """Build the ONNX model of an export graph (batch dimension dynamic: ``N``).
 
@@ -143,12 +209,16 @@ def to_onnx(
     own: ``<node>_binput``, the float tensor the layer binarizes, and ``<node>_acc``, its
     integer accumulator sum(a * w) (as float32, [N, O, H, W]) computed by the target's
     binary kernel (onnxruntime: one more BinaryConv2d with multiplier 1 and bias 0).
+
+    ``fuse_rprelu`` (onnxruntime; for tests and comparisons): an RPReLU right after a
+    BinaryConv2d (and its fused residual) becomes the op's ``rprelu_*`` inputs; False
+    keeps it as Sub, PRelu, Add.
     """
     if target not in TARGETS:
         raise BnnExportError(
             f"Expected `target` to be one of {', '.join(TARGETS)}, but got {target!r}"
         )
-    e = OnnxEmitter(graph, target, accumulators)
+    e = OnnxEmitter(graph, target, accumulators, fuse_rprelu)
     for n in graph.nodes:
         if n.name in e.folded:
             e.names[n.name] = e.input(n)

@@ -124,13 +124,20 @@ def binary_conv2d_reference(
     bias: np.ndarray,
     threshold: np.ndarray | None = None,
     residual: np.ndarray | None = None,
+    rprelu_shift: np.ndarray | None = None,
+    rprelu_slope: np.ndarray | None = None,
+    rprelu_bias: np.ndarray | None = None,
     **attrs: Any,
 ) -> np.ndarray:
-    """BinaryConv2d: bias[o] + multiplier[o] * acc (+ residual), float32 [N, O, HO, WO].
+    """BinaryConv2d: bias[o] + multiplier[o] * acc (+ residual) (then RPReLU), float32
+    [N, O, HO, WO].
 
     The affine part is float32 multiply then float32 add (no fused multiply-add), then the
     residual's float32 add: the rounding the native kernels reproduce. ``threshold``: see
-    ``binary_conv2d_accumulate`` (an empty one means none).
+    ``binary_conv2d_accumulate`` (an empty one means none; so does an empty ``residual``).
+    ``rprelu_shift`` / ``rprelu_slope`` / ``rprelu_bias`` ([O] each, all three or none):
+    ReActNet's RPReLU last, ``t = y - shift[o]; (t < 0 ? slope[o] * t : t) + bias[o]``,
+    each step rounded to float32 (ONNX's Sub, PRelu, Add).
     """
     acc = binary_conv2d_accumulate(
         np.asarray(x, dtype=np.float32), np.asarray(w_packed), threshold=threshold, **attrs
@@ -138,12 +145,82 @@ def binary_conv2d_reference(
     m = np.asarray(multiplier, dtype=np.float32).reshape(1, -1, 1, 1)
     b = np.asarray(bias, dtype=np.float32).reshape(1, -1, 1, 1)
     y = (b + m * acc.astype(np.float32)).astype(np.float32)
-    if residual is not None:
+    if residual is not None and np.shape(residual) != (0,):
         r = np.asarray(residual, dtype=np.float32)
         if r.shape != y.shape:
             raise ValueError(f"residual shape {r.shape} != output shape {y.shape}")
         y = (y + r).astype(np.float32)
+    rprelu = rprelu_vectors(rprelu_shift, rprelu_slope, rprelu_bias, y.shape[1])
+    if rprelu is not None:
+        g, s, z = (v.reshape(1, -1, 1, 1) for v in rprelu)
+        t = (y - g).astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            q = np.where(t < 0, (s * t).astype(np.float32), t)
+        y = (q + z).astype(np.float32)
     return y
+
+
+def rprelu_vectors(
+    shift: np.ndarray | None, slope: np.ndarray | None, bias: np.ndarray | None, channels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The RPReLU inputs as three float32 [O] vectors, or None when none is given; a
+    partial set or a vector of another length is a ValueError."""
+    given = {
+        name: v
+        for name, v in (("rprelu_shift", shift), ("rprelu_slope", slope), ("rprelu_bias", bias))
+        if v is not None
+    }
+    if not given:
+        return None
+    if len(given) != 3:
+        raise ValueError(
+            "rprelu_shift, rprelu_slope and rprelu_bias must be given together "
+            f"(got only {', '.join(given)})"
+        )
+    out = []
+    for name, v in given.items():
+        a = np.asarray(v, dtype=np.float32)
+        if a.shape != (channels,):
+            raise ValueError(f"{name} must have shape [{channels}] (O), got {list(a.shape)}")
+        out.append(a)
+    return out[0], out[1], out[2]
+
+
+#: BinaryConv2d's inputs in order (docs/onnx_ops.md); the last five are optional, and an
+#: optional input that precedes a given one is an empty float tensor (shape [0])
+INPUTS = (
+    "X",
+    "W",
+    "multiplier",
+    "bias",
+    "threshold",
+    "residual",
+    "rprelu_shift",
+    "rprelu_slope",
+    "rprelu_bias",
+)
+
+
+def binary_conv2d_inputs(
+    x: str,
+    w: str,
+    multiplier: str,
+    bias: str,
+    *,
+    empty: str,
+    threshold: str | None = None,
+    residual: str | None = None,
+    rprelu: Sequence[str] | None = None,
+) -> list[str]:
+    """The input names of a BinaryConv2d node, in ``INPUTS`` order: ``empty`` (the name of
+    an empty [0] float tensor) stands for an optional input left out before a given one;
+    ``rprelu`` is (shift, slope, bias) or None."""
+    if rprelu is not None and len(rprelu) != 3:
+        raise ValueError(f"rprelu needs 3 tensor names (shift, slope, bias), got {len(rprelu)}")
+    names: list[str | None] = [threshold, residual, *(rprelu or (None, None, None))]
+    while names and names[-1] is None:
+        names.pop()
+    return [x, w, multiplier, bias, *(empty if n is None else n for n in names)]
 
 
 def make_binary_conv2d_node(
@@ -159,7 +236,8 @@ def make_binary_conv2d_node(
     pad_value: int = 1,
     name: str | None = None,
 ) -> Any:
-    """An onnx NodeProto for BinaryConv2d with every attribute set explicitly."""
+    """An onnx NodeProto for BinaryConv2d with every attribute set explicitly; ``inputs``
+    in ``INPUTS`` order (``binary_conv2d_inputs`` fills placeholders in)."""
     return helper.make_node(
         "BinaryConv2d",
         list(inputs),
@@ -189,6 +267,9 @@ class BinaryConv2d(OpRun):
         bias: np.ndarray,
         threshold: np.ndarray | None = None,
         residual: np.ndarray | None = None,
+        rprelu_shift: np.ndarray | None = None,
+        rprelu_slope: np.ndarray | None = None,
+        rprelu_bias: np.ndarray | None = None,
         channels_in: int | None = None,
         kernel_shape: Sequence[int] | None = None,
         strides: Sequence[int] | None = None,
@@ -206,6 +287,9 @@ class BinaryConv2d(OpRun):
             bias,
             threshold=threshold,
             residual=residual,
+            rprelu_shift=rprelu_shift,
+            rprelu_slope=rprelu_slope,
+            rprelu_bias=rprelu_bias,
             channels_in=int(channels_in),
             kernel_shape=tuple(kernel_shape),
             strides=tuple(strides) if strides is not None else (1, 1),

@@ -57,6 +57,15 @@ class _Params(ctypes.Structure):
     ]
 
 
+class _Fusion(ctypes.Structure):
+    """``bnn_fusion`` (runtime/bnn.h): the optional inputs, NULL = off."""
+
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in ("threshold", "residual", "rprelu_shift", "rprelu_slope", "rprelu_bias")
+    ]
+
+
 def lib_dir() -> Path:
     env = os.environ.get("BNN_LIB_DIR")
     return Path(env) if env else Path(__file__).resolve().parent / "_lib"
@@ -77,6 +86,8 @@ def _lib() -> ctypes.CDLL:
     lib.bnn_conv2d.restype = ctypes.c_int
     lib.bnn_conv2d_fused.argtypes = [p_params, vp, vp, vp, vp, vp, vp, vp, vp, vp, ctypes.c_int]
     lib.bnn_conv2d_fused.restype = ctypes.c_int
+    lib.bnn_conv2d_fused_ex.argtypes = [vp, p_params, vp, vp, vp, vp, vp, vp, vp, vp, ctypes.c_int]
+    lib.bnn_conv2d_fused_ex.restype = ctypes.c_int
     lib.bnn_conv2d_output_shape.argtypes = [p_params, ctypes.POINTER(i64), ctypes.POINTER(i64)]
     lib.bnn_conv2d_output_shape.restype = ctypes.c_int
     lib.bnn_pack_weights.argtypes = [vp, i64, i64, i64, i64, vp]
@@ -170,11 +181,16 @@ def binary_conv2d(
     num_threads: int = 1,
     threshold: np.ndarray | None = None,
     residual: np.ndarray | None = None,
+    rprelu_shift: np.ndarray | None = None,
+    rprelu_slope: np.ndarray | None = None,
+    rprelu_bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """BinaryConv2d (docs/onnx_ops.md) with the native kernel; returns float32 NCHW.
 
     ``threshold`` ([C]): binarize channel c at threshold[c] instead of 0 (RSign);
-    ``residual`` (the output's shape): added after the affine epilogue (a shortcut)."""
+    ``residual`` (the output's shape): added after the affine epilogue (a shortcut);
+    ``rprelu_shift``, ``rprelu_slope``, ``rprelu_bias`` ([O] each, all three or none; the
+    library refuses a partial set): RPReLU after those, ``prelu(y - shift, slope) + bias``."""
     xa = np.ascontiguousarray(x, dtype=np.float32)
     wa = np.ascontiguousarray(w_packed, dtype=np.uint32)
     if xa.ndim != 4 or wa.ndim != 4:
@@ -219,7 +235,8 @@ def binary_conv2d(
         "binary_conv2d",
     )
     y = np.empty((xa.shape[0], o, ho.value, wo.value), dtype=np.float32)
-    if threshold is None and residual is None:
+    rprelu = (rprelu_shift, rprelu_slope, rprelu_bias)
+    if threshold is None and residual is None and all(v is None for v in rprelu):
         _check(
             lib.bnn_conv2d(
                 ctypes.byref(p),
@@ -239,6 +256,31 @@ def binary_conv2d(
     ra = None if residual is None else np.ascontiguousarray(residual, np.float32)
     if ra is not None and ra.shape != y.shape:
         raise ValueError(f"residual shape {ra.shape} != output shape {y.shape}")
+    rp = [None if v is None else np.ascontiguousarray(v, np.float32).reshape(-1) for v in rprelu]
+    for what, v in zip(("rprelu_shift", "rprelu_slope", "rprelu_bias"), rp, strict=True):
+        if v is not None and v.size != o:
+            raise ValueError(f"{what} needs {o} values (one per output channel), got {v.size}")
+    if any(v is not None for v in rp):
+        fusion = _Fusion(
+            *(None if v is None else v.ctypes.data for v in (ta, ra, *rp)),
+        )
+        _check(
+            lib.bnn_conv2d_fused_ex(
+                None,
+                ctypes.byref(p),
+                xa.ctypes.data,
+                wa.ctypes.data,
+                ma.ctypes.data,
+                ba.ctypes.data,
+                ctypes.byref(fusion),
+                y.ctypes.data,
+                None,
+                None,
+                int(num_threads),
+            ),
+            "binary_conv2d",
+        )
+        return y
     _check(
         lib.bnn_conv2d_fused(
             ctypes.byref(p),

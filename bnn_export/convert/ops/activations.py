@@ -228,7 +228,8 @@ class RPReLUAttrs(OpAttrs):
 class RPReLUOp(Op[RPReLUAttrs]):
     """ReActNet's RPReLU (``bnn_export.models.blocks.RPReLU``):
     ``prelu(x - gamma[c], slope) + zeta[c]``, as Sub, PRelu, Add (the same float ops as
-    PyTorch, in the same order)."""
+    PyTorch, in the same order); onnxruntime: right after a BinaryConv2d, the op's
+    ``rprelu_*`` inputs instead (``OnnxEmitter.fuse_rprelu``; the same float ops)."""
 
     name = "rprelu"
     attrs_type = RPReLUAttrs
@@ -249,6 +250,9 @@ class RPReLUOp(Op[RPReLUAttrs]):
 
     def to_onnx(self, node: Node, e: OnnxEmitter) -> str:
         a, name, rank = self.attrs(node), node.name, len(e.in_shape(node))
+        fused = e.fuse_rprelu(node, a.gamma, a.slope, a.zeta)
+        if fused is not None:
+            return fused
         gamma = e.const(f"{name}_gamma", channel_const(a.gamma, rank))
         x = e.node("Sub", [e.input(node), gamma], f"{name}_shifted")
         x = _onnx_prelu(e, x, a.slope, rank, name, f"{name}_prelu")
