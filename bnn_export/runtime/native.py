@@ -84,8 +84,6 @@ def _lib() -> ctypes.CDLL:
     vp = ctypes.c_void_p
     lib.bnn_conv2d.argtypes = [p_params, vp, vp, vp, vp, vp, ctypes.c_int]
     lib.bnn_conv2d.restype = ctypes.c_int
-    lib.bnn_conv2d_fused.argtypes = [p_params, vp, vp, vp, vp, vp, vp, vp, vp, vp, ctypes.c_int]
-    lib.bnn_conv2d_fused.restype = ctypes.c_int
     lib.bnn_conv2d_fused_ex.argtypes = [vp, p_params, vp, vp, vp, vp, vp, vp, vp, vp, ctypes.c_int]
     lib.bnn_conv2d_fused_ex.restype = ctypes.c_int
     lib.bnn_conv2d_output_shape.argtypes = [p_params, ctypes.POINTER(i64), ctypes.POINTER(i64)]
@@ -260,36 +258,16 @@ def binary_conv2d(
     for what, v in zip(("rprelu_shift", "rprelu_slope", "rprelu_bias"), rp, strict=True):
         if v is not None and v.size != o:
             raise ValueError(f"{what} needs {o} values (one per output channel), got {v.size}")
-    if any(v is not None for v in rp):
-        fusion = _Fusion(
-            *(None if v is None else v.ctypes.data for v in (ta, ra, *rp)),
-        )
-        _check(
-            lib.bnn_conv2d_fused_ex(
-                None,
-                ctypes.byref(p),
-                xa.ctypes.data,
-                wa.ctypes.data,
-                ma.ctypes.data,
-                ba.ctypes.data,
-                ctypes.byref(fusion),
-                y.ctypes.data,
-                None,
-                None,
-                int(num_threads),
-            ),
-            "binary_conv2d",
-        )
-        return y
+    fusion = _Fusion(*(None if v is None else v.ctypes.data for v in (ta, ra, *rp)))
     _check(
-        lib.bnn_conv2d_fused(
+        lib.bnn_conv2d_fused_ex(
+            None,
             ctypes.byref(p),
             xa.ctypes.data,
             wa.ctypes.data,
             ma.ctypes.data,
             ba.ctypes.data,
-            None if ta is None else ta.ctypes.data,
-            None if ra is None else ra.ctypes.data,
+            ctypes.byref(fusion),
             y.ctypes.data,
             None,
             None,
