@@ -22,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bnn_export import __version__
+from bnn_export.convert import onnx_ops
 from bnn_export.convert.graph import Graph, Node
 from bnn_export.convert.ops.binary import (
     OPENVINO_DOMAIN,
@@ -116,10 +117,7 @@ class OnnxEmitter:
             ):
                 continue
             del self.fusable[src]
-            if len(proto.input) == 4:  # no threshold: an empty one keeps the positions
-                proto.input.append(
-                    self.const(f"{proto.name}_no_threshold", np.zeros(0, np.float32))
-                )
+            self._pad_optional_inputs(proto, onnx_ops.INPUTS.index("residual"))
             proto.input.append(self.names[other])
             self.nodes.remove(proto)
             self.nodes.append(proto)
@@ -170,15 +168,20 @@ class OnnxEmitter:
         for i, (part, proto) in enumerate(zip(parts, protos, strict=True)):
             self.fusable.pop(part, None)
             self.rprelu_fusable.pop(part, None)
-            empty = [f"{proto.name}_no_threshold", f"{proto.name}_no_residual"]
-            while len(proto.input) < 6:  # empty optional inputs keep the positions
-                proto.input.append(self.const(empty[len(proto.input) - 4], np.zeros(0, np.float32)))
+            self._pad_optional_inputs(proto, onnx_ops.INPUTS.index("rprelu_shift"))
             stop = start + self.shapes[part][1]
             suffix = f"_{i}" if len(parts) > 1 else ""
             for what, v in zip(("shift", "slope", "bias"), vectors, strict=True):
                 proto.input.append(self.const(f"{node.name}_rprelu_{what}{suffix}", v[start:stop]))
             start = stop
         return self.names[src]
+
+    def _pad_optional_inputs(self, proto: onnx.NodeProto, position: int) -> None:
+        """Give a BinaryConv2d node an empty [0] tensor for every optional input it lacks
+        before ``position`` (``onnx_ops.INPUTS`` order), so the next one lands there."""
+        while len(proto.input) < position:
+            what = onnx_ops.INPUTS[len(proto.input)]
+            proto.input.append(self.const(f"{proto.name}_no_{what}", np.zeros(0, np.float32)))
 
     def const(self, name: str, value: np.ndarray | np.generic) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
