@@ -262,9 +262,8 @@ class _GlobalBatchNormFn(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.n = float(n)
-        count = stats[-1]
-        ctx.mark_non_differentiable(mean, var, count)
-        return y, mean, var, count
+        ctx.mark_non_differentiable(mean, var, n)
+        return y, mean, var, n
 
     @staticmethod
     def backward(  # type: ignore[override]
