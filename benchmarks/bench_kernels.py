@@ -549,7 +549,13 @@ def main() -> None:
             f"[{ours_q[0]:.2f}, {ours_q[1]:.2f}] (target >= 1.7x); onnxruntime float "
             f"{float_x:.2f}x [{float_q[0]:.2f}, {float_q[1]:.2f}]"
         )
-    print("ratios (speedup = other / ours, target >= 1.3 vs OpenVINO, >= 10 vs float):")
+    # targets for the variant in use: the AVX-512 kernel's and the AVX2-only
+    # CPU's (issue 15: 1.8x OpenVINO with its AVX2 code, 6x float)
+    tgt_ov, tgt_float = (1.8, 6) if native.kernel_name() == "avx2" else (1.3, 10)
+    print(
+        f"ratios (speedup = other / ours; {native.kernel_name()} targets >= {tgt_ov} vs "
+        f"OpenVINO, >= {tgt_float} vs float):"
+    )
     if t_ov is not None:
         print(f"  ours/OpenVINO time = {t_ours / t_ov:.3f}  -> {t_ov / t_ours:.2f}x faster")
     print(f"  ours/float time    = {t_ours / t_float:.3f}  -> {t_float / t_ours:.2f}x faster")

@@ -12,6 +12,10 @@ and runs LLVM's `llvm-mca` (Debian `llvm-19`) on it for the cores of that ISA:
   neon-armhf   32-bit ARM (arm-linux-gnueabihf-gcc, Thumb-2) cortex-a72 (LLVM has no
                                             ARM32 scheduling model of the others)
 
+With avx2, OpenVINO's AVX2 BinaryConvolution inner step (its op sequence, written out in
+``openvino_avx2_loop``) is modeled on the same cores, and the ratio printed: how much
+faster our AVX2 loop is than OpenVINO's at both loops' modeled speed.
+
 Printed per (variant, core), in cycles per 512 binary MACs (one MAC = one xor'ed bit):
   mca        llvm-mca's steady-state cycles per loop iteration, scaled
   mca-bound  llvm-mca's block reciprocal throughput (its busiest resource), scaled
@@ -315,6 +319,79 @@ def run_mca(mca: str, mtriple: str, cpu: str, loop: Loop) -> tuple[float, float]
     return int(cycles.group(1)) / ITERATIONS, float(rthr.group(1))
 
 
+#: OpenVINO's AVX2 BinaryConvolution, for comparison. Its JIT kernel (intel_cpu plugin,
+#: bin_conv.cpp) keeps 32 input channels of 8 output channels in a ymm (OIhw8o32i weights)
+#: and, per (output pixel, 8-channel block, 32 input channels), broadcasts the pixel's 32
+#: input bits once per pixel and runs: weight load, vpxor, vandps + vpsrld + vandps (nibble
+#: split), 2 vpshufb (nibble popcount table), vpaddb, vpmaddubsw + vpmaddwd (bytes to
+#: 32-bit lanes), vpaddd into the accumulator; on AVX2 it unrolls 2 pixels x 4 blocks.
+#: Written here from that op list (not its code), as one step of its kw/ic loop.
+OPENVINO_AVX2_CPUS = ("znver3", "alderlake")
+
+
+def openvino_avx2_loop() -> Loop:
+    """OpenVINO's AVX2 binary-conv inner step (2 pixels x 4 blocks x 256 bMAC), as a Loop."""
+    body = []
+    for px in range(2):
+        body.append(f"vpbroadcastd {4 * px}(%rsi), %ymm0")
+        for blk in range(4):
+            acc = f"%ymm{1 + 2 * blk + px}"
+            body += [
+                f"vmovups {32 * blk}(%rdx), %ymm10",
+                "vpxor %ymm0, %ymm10, %ymm10",
+                "vandps %ymm10, %ymm13, %ymm11",
+                "vpsrld $4, %ymm10, %ymm10",
+                "vandps %ymm13, %ymm10, %ymm10",
+                "vpshufb %ymm10, %ymm12, %ymm10",
+                "vpshufb %ymm11, %ymm12, %ymm11",
+                "vpaddb %ymm11, %ymm10, %ymm10",
+                "vpmaddubsw %ymm14, %ymm10, %ymm10",
+                "vpmaddwd %ymm15, %ymm10, %ymm10",
+                f"vpaddd %ymm10, {acc}, {acc}",
+            ]
+    body += ["addq $128, %rdx", "addq $8, %rsi", "decq %rcx", "jnz .Lov"]
+    return extract_loop(".Lov:\n" + "\n".join(body) + "\n")
+
+
+def model_loop(name: str, loop: Loop, mtriple: str, cpus: tuple[str, ...], cc: str) -> list[Row]:
+    """One row per core for an extracted loop."""
+    mca = find_mca()
+    scale = 512.0 / loop.bmac
+    rows = []
+    for cpu in cpus:
+        cyc, rthr = run_mca(mca, mtriple, cpu, loop)
+        rows.append(
+            Row(
+                name,
+                cpu,
+                cc,
+                cyc * scale,
+                rthr * scale,
+                loop.vec_ops / PIPES[cpu] * scale,
+                sum(1 for s in loop.lines if not _LABEL.match(s)),
+                loop.vec_ops,
+                loop.bmac,
+            )
+        )
+    return rows
+
+
+def openvino_comparison(rows: list[Row]) -> tuple[list[Row], list[str]]:
+    """OpenVINO's AVX2 loop modeled on the avx2 variant's cores, and per core how many
+    times faster our avx2 loop models (the AVX2-only machine's ceiling on 'ours vs
+    OpenVINO' for a kernel that runs at its loop's speed)."""
+    ref = model_loop(
+        "openvino-avx2", openvino_avx2_loop(), "x86_64-linux-gnu", OPENVINO_AVX2_CPUS, "-"
+    )
+    ours = {r.cpu: r.mca for r in rows if r.variant == "avx2"}
+    lines = [
+        f"avx2 vs OpenVINO's AVX2 loop on {r.cpu}: {r.mca / ours[r.cpu]:.2f}x faster (modeled)"
+        for r in ref
+        if r.cpu in ours
+    ]
+    return ref, lines
+
+
 def _sources_at(rev: str, dst: Path) -> Path:
     for name in ("bnn_internal.h", "bnn.h", "bnn_avx2.c", "bnn_avx512.c", "bnn_neon.c"):
         text = subprocess.run(
@@ -332,7 +409,7 @@ def model_variant(
 ) -> list[Row]:
     """Rows for one variant (raises ToolMissing when a tool is not installed)."""
     v = VARIANTS[name]
-    mca = find_mca()
+    find_mca()  # a missing llvm-mca is reported before anything is compiled
     cc = find_cc(v)
     with tempfile.TemporaryDirectory() as tmp:
         src = _sources_at(rev, Path(tmp)) if rev else RUNTIME
@@ -340,26 +417,7 @@ def model_variant(
     mtriple = v.mtriple
     if name == "neon-armhf" and re.search(r"^\s*\.thumb", asm, re.M):
         mtriple = "thumbv7-linux-gnueabihf"
-    loop = extract_loop(asm)
-    rows = []
-    scale = 512.0 / loop.bmac
-    ccname = Path(cc).name
-    for cpu in cpus or v.cpus:
-        cyc, rthr = run_mca(mca, mtriple, cpu, loop)
-        rows.append(
-            Row(
-                name,
-                cpu,
-                ccname,
-                cyc * scale,
-                rthr * scale,
-                loop.vec_ops / PIPES[cpu] * scale,
-                sum(1 for s in loop.lines if not _LABEL.match(s)),
-                loop.vec_ops,
-                loop.bmac,
-            )
-        )
-    return rows
+    return model_loop(name, extract_loop(asm), mtriple, cpus or v.cpus, Path(cc).name)
 
 
 def mca_version() -> str:
@@ -373,13 +431,13 @@ def mca_version() -> str:
 
 def format_rows(rows: list[Row]) -> str:
     head = (
-        f"{'variant':<11} {'core':<15} {'mca':>6} {'mca-bound':>9} {'pipe-bound':>10}   "
+        f"{'variant':<13} {'core':<15} {'mca':>6} {'mca-bound':>9} {'pipe-bound':>10}   "
         "loop: insts, vector ops, bMAC/iter"
     )
     out = [head]
     for r in rows:
         out.append(
-            f"{r.variant:<11} {r.cpu:<15} {r.mca:>6.2f} {r.mca_bound:>9.2f} {r.pipe_bound:>10.2f}"
+            f"{r.variant:<13} {r.cpu:<15} {r.mca:>6.2f} {r.mca_bound:>9.2f} {r.pipe_bound:>10.2f}"
             f"   {r.insts}, {r.vec_ops}, {r.bmac}"
         )
     return "\n".join(out)
@@ -404,8 +462,17 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"skipped {name}: {e}")
         except (RuntimeError, subprocess.CalledProcessError) as e:
             notes.append(f"failed {name}: {e}")
+    comparison: list[str] = []
+    if any(r.variant == "avx2" for r in rows):
+        try:
+            ref, comparison = openvino_comparison(rows)
+            rows += ref
+        except (ToolMissing, RuntimeError) as e:
+            notes.append(f"failed openvino-avx2: {e}")
     if rows:
         print(format_rows(rows))
+    for line in comparison:
+        print(line)
     for n in notes:
         print(n)
     return 0
