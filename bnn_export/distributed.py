@@ -227,7 +227,10 @@ class _GlobalBatchNormFn(torch.autograd.Function):
     Backward, for the sum of every process's loss (what the old autograd-through-all-reduce
     version computed): with g1 = sum(dy) and g2 = sum(dy * xhat) over the global batch,
     dx = weight * invstd * (dy - g1 / n - xhat * g2 / n); dweight, dbias are this
-    process's own sums (DistributedDataParallel reduces them like any gradient)."""
+    process's own sums (DistributedDataParallel reduces them like any gradient). The local
+    sums and dy * weight * invstd come from one native evaluation-mode batch-norm backward
+    (2-3x faster than the same in separate tensor ops on CPU), the global correction is a
+    per-channel multiply-add."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -247,7 +250,8 @@ class _GlobalBatchNormFn(torch.autograd.Function):
         # cross term 2 (c_i - mu) sum(x - c_i) is second order. (torch.var_mean over these
         # dims was ~3x slower than the whole native batch norm; float64 sums copy x.)
         c_i = x.mean(dims, keepdim=True)
-        m2_i = torch.linalg.vector_norm(x - c_i, 2, dims).double().square()
+        d = x - c_i
+        m2_i = d.mul_(d).sum(dims).double()
         c64 = c_i.flatten().double()
         stats = torch.cat(
             [c64 * n_local, m2_i + c64 * c64 * n_local, c64.new_tensor([float(n_local)])]
@@ -259,9 +263,9 @@ class _GlobalBatchNormFn(torch.autograd.Function):
         var64 = (stats[c : 2 * c] / n - mean64 * mean64).clamp_min(0.0)
         mean, var = mean64.float(), var64.float()
         y = torch.nn.functional.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
-        invstd = torch.rsqrt(var + eps)
-        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.save_for_backward(x, weight, mean, var)
         ctx.n = float(n)
+        ctx.eps = eps
         ctx.mark_non_differentiable(mean, var, n)
         return y, mean, var, n
 
@@ -271,23 +275,29 @@ class _GlobalBatchNormFn(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None]:
         import torch.distributed as dist
 
-        x, weight, mean, invstd = ctx.saved_tensors
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        dims = [0, *range(2, x.dim())]
-        xmu = x - mean.reshape(shape)
-        sum_dy = dy.sum(dims)
-        sum_dy_xmu = (dy * xmu).sum(dims)
-        sums = torch.cat([sum_dy, sum_dy_xmu])
-        dist.all_reduce(sums)
+        x, weight, mean, var = ctx.saved_tensors
         c = x.shape[1]
-        scale = invstd if weight is None else weight * invstd
+        w = weight if weight is not None else x.new_ones(c)
+        # one native pass: an evaluation-mode batch norm's backward at the global statistics
+        # gives dx0 = dy * w * invstd and this process's sum(dy * xhat), sum(dy)
+        dx0, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+            dy, x, w, mean, var, None, None, False, ctx.eps, [True, True, True]
+        )
+        sums = torch.cat([sum_dy, sum_dy_xhat])
+        dist.all_reduce(sums)
         dx = None
         if ctx.needs_input_grad[0]:
-            # in place on the temporary: (dy - g1 - xmu * invstd^2 * g2_xmu) * scale
-            g1 = (sums[:c] / ctx.n).reshape(shape)
-            g2 = (sums[c:] / ctx.n * invstd * invstd).reshape(shape)
-            dx = xmu.mul_(g2).neg_().add_(dy).sub_(g1).mul_(scale.reshape(shape))
-        dw = sum_dy_xmu * invstd if weight is not None and ctx.needs_input_grad[1] else None
+            # dx = w * invstd * (dy - g1 / n - xhat * g2 / n) with the global sums g1, g2:
+            # dx0 + a * x + b per channel, a = -w invstd^2 g2 / n, b = -w invstd g1 / n - a mean:
+            # in place, no temporary (a fresh x-sized tensor costs as much as the arithmetic);
+            # its rounding is that of x - mean in float32 (checked against float64 up to
+            # |mean| / std = 1e6: same error as with x - mean)
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            invstd = torch.rsqrt(var + ctx.eps)
+            a = -w * invstd * invstd * sums[c:] / ctx.n
+            b = -w * invstd * sums[:c] / ctx.n - a * mean
+            dx = dx0.addcmul_(x, a.reshape(shape)).add_(b.reshape(shape))
+        dw = sum_dy_xhat if weight is not None and ctx.needs_input_grad[1] else None
         db = sum_dy if ctx.needs_input_grad[2] else None
         return dx, dw, db, None
 

@@ -311,6 +311,21 @@ def default_workers(dataset: Any, world_size: int) -> int:
 EpochHook = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
 
 
+def _buffer_sync(sync_bn: bool) -> dict[str, Any]:
+    """DDP's per-forward broadcast of rank 0's buffers: needed with per-process batch norm
+    (rank 0's running statistics are the model's), redundant with the synchronized one
+    (every rank computes the same global statistics; the binarizers' buffers follow the
+    weights, which DDP keeps equal): skipped there, one blocking collective less per step.
+    torch >= 2.12 names the option ``forward_sync_buffers``."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return {key: not sync_bn}
+
+
 def train(
     model: nn.Module,
     data: Dataset | TrainingData,
@@ -397,7 +412,9 @@ def _train(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            **_buffer_sync(sync_bn),
         )
     workers = (
         settings.workers

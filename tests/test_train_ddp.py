@@ -88,8 +88,7 @@ def _worker(rank: int, world: int, port: int, case: str, epochs: int, out: str) 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     state = _train_weights(case, rank, world, epochs)
-    if rank == 0:
-        np.savez(out, **state)
+    np.savez(out if rank == 0 else f"{out}.rank{rank}.npz", **state)
 
 
 @pytest.mark.parametrize("case", ["zoo:ste", "plain:siman"])
@@ -114,10 +113,23 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path, case
         # running variances (~1e2) are float32 sums over the batch in another order
         rtol = 5e-5 if name.endswith("running_var") else 1e-5
         np.testing.assert_allclose(two[name], one[name], rtol=rtol, atol=1e-5, err_msg=name)
+    # every rank ends with the same model, buffers included: with GlobalBatchNorm, DDP does
+    # not broadcast rank 0's buffers before each forward (the statistics are global)
+    other = dict(np.load(f"{out}.rank1.npz"))
+    for name in two:
+        np.testing.assert_array_equal(other[name], two[name], err_msg=name)
     # the comparison can fail: training moved the weights away from their initial values
     init = torch_state(_model(*case.split(":")))
     moved = [k for k in one if k.endswith("weight") and not np.allclose(one[k], init[k])]
     assert len(moved) >= 2
+
+
+def test_ddp_syncs_buffers_every_forward_only_with_per_process_batch_norm() -> None:
+    from bnn_export.train_torch import _buffer_sync
+
+    ((key, value),) = _buffer_sync(sync_bn=True).items()
+    assert key in ("forward_sync_buffers", "broadcast_buffers") and value is False
+    assert _buffer_sync(sync_bn=False) == {key: True}
 
 
 def test_global_batch_sampler_shards_cover_the_global_batches() -> None:
