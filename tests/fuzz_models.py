@@ -330,6 +330,12 @@ def reference(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ref32, ref64
 
 
+def stable_samples(ref32: np.ndarray, ref64: np.ndarray) -> int:
+    """Samples whose float32 and float64 torch logits agree to ``check_parity``'s tolerance."""
+    tol = 1e-3 * max(1.0, float(np.abs(ref64).max()))
+    return int((np.abs(ref32 - ref64).max(axis=1) <= tol).sum())
+
+
 def check_parity(got: np.ndarray, ref32: np.ndarray, ref64: np.ndarray, what: str) -> None:
     """Exported logits vs the torch model, per sample.
 

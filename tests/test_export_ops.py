@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bnn_export.binarizers import get
-from bnn_export.convert.graph import Graph, graph_from_torch
+from bnn_export.convert.graph import Graph, fold_affine_into_thresholds, graph_from_torch
 from bnn_export.convert.onnx_export import openvino_float_layers, to_onnx
 from bnn_export.convert.tflite_pipeline import LceServer
 from bnn_export.datasets import load_dataset
@@ -70,6 +70,13 @@ def _rprelu(c: int) -> RPReLU:
         m.gamma.copy_(torch.linspace(-0.3, 0.3, c))
         m.zeta.copy_(torch.linspace(0.2, -0.2, c))
         m.prelu.weight.copy_(torch.linspace(-0.5, 0.8, c))
+    return m
+
+
+def _prelu(c: int) -> nn.PReLU:
+    m = nn.PReLU(c)
+    with torch.no_grad():
+        m.weight.copy_(torch.linspace(-0.5, 0.8, c))
     return m
 
 
@@ -195,6 +202,47 @@ CASES: dict[str, tuple[nn.Module, tuple[int, int, int]]] = {
         ),
         (8, 6, 6),
     ),  # fmt: skip
+    # an activation, a positive per-channel x * s + b, a 1x1 binary conv: OpenVINO fuses
+    # all into the float conv's post-ops and binarized wrongly (fuzz suite, openvino
+    # 2026.4); its export folds x * s + b into the threshold (fold_affine_into_thresholds)
+    "act-affine-bconv": (
+        Case(
+            lambda s, x: s.b(s.p(s.c(x)) * s.scale.view(1, -1, 1, 1) + s.shift.view(1, -1, 1, 1)),
+            c=nn.Conv2d(8, 16, 1),
+            p=_prelu(16),
+            b=_bconv(16, 16, 1),
+            scale=torch.linspace(0.5, 1.5, 16),
+            shift=torch.linspace(-0.4, 0.4, 16),
+        ),
+        (8, 5, 5),
+    ),  # fmt: skip
+    # the same with ReLU6 and scales of both signs: x <= t where s < 0 (a reversed range)
+    "act-affine-mixed-bconv": (
+        Case(
+            lambda s, x: s.b((F.relu6(s.c(x)) - 0.5) * s.scale.view(1, -1, 1, 1)),
+            c=nn.Conv2d(8, 16, 1),
+            b=_bconv(16, 16, 1),
+            scale=torch.linspace(-1.5, 1.0, 16),
+        ),
+        (8, 5, 5),
+    ),  # fmt: skip
+    # the same before a flatten and a binary dense layer: per-channel constants, per-feature
+    # thresholds
+    "act-affine-blinear": (
+        Case(
+            lambda s, x: s.bl(
+                torch.flatten(
+                    s.p(s.c(x)) * s.scale.view(1, -1, 1, 1) + s.shift.view(1, -1, 1, 1), 1
+                )
+            ),
+            c=nn.Conv2d(3, 8, 1),
+            p=_prelu(8),
+            bl=BinaryLinear(32, 8, binarizer=STE),
+            scale=torch.linspace(-1.0, 1.5, 8),
+            shift=torch.linspace(-0.4, 0.4, 8),
+        ),
+        (3, 2, 2),
+    ),  # fmt: skip
     "rsign-blinear": (
         Case(
             lambda s, x: s.bl(s.rs(torch.flatten(x, 1))),
@@ -270,6 +318,56 @@ def test_rsign_becomes_the_threshold_of_its_binary_layers() -> None:
         assert n.inputs == ["x"]
         assert n.attrs.activation.kind == "threshold"
         np.testing.assert_array_equal(n.attrs.activation.threshold, threshold)
+
+
+def test_affine_chains_fold_into_openvino_thresholds() -> None:
+    """x * s + b (per channel) feeding only a binary layer becomes its threshold in the
+    OpenVINO export's graph: x >= -b / s, or x <= -b / s where s < 0; a zero scale, or a
+    chain whose output also feeds something else, stays as it is."""
+    model, shape = CASES["act-affine-bconv"]
+    graph = graph_from_torch(model, shape)
+    assert [n.op for n in graph.nodes] == ["input", "conv", "prelu", "const_arith",
+                                           "const_arith", "bconv", "flatten"]  # fmt: skip
+    folded = fold_affine_into_thresholds(graph)
+    assert [n.op for n in folded.nodes] == ["input", "conv", "prelu", "bconv", "flatten"]
+    (b,) = folded.binary_nodes()
+    assert b.inputs == [graph.nodes[2].name] and b.attrs.activation.kind == "threshold"
+    scale, shift = model.scale.numpy(), model.shift.numpy()
+    np.testing.assert_allclose(b.attrs.activation.threshold, -shift / scale, rtol=1e-6)
+    # the same bits away from the thresholds
+    v = np.random.default_rng(0).uniform(-2, 2, (1000, 16)).astype(np.float32)
+    t = b.attrs.activation.threshold
+    far = np.abs(v - t) > 1e-5
+    assert np.array_equal(((v * scale + shift) >= 0)[far], (v >= t)[far])
+    assert graph.nodes[3].op == "const_arith"  # the caller's graph is unchanged
+    assert b.attrs.activation.below is None
+    # (relu6(x) - 0.5) * s, s of both signs: x >= 0.5 where s > 0, x <= 0.5 where s < 0
+    mixed, mshape = CASES["act-affine-mixed-bconv"]
+    (b2,) = fold_affine_into_thresholds(graph_from_torch(mixed, mshape)).binary_nodes()
+    np.testing.assert_array_equal(b2.attrs.activation.threshold, np.full(16, 0.5, np.float32))
+    np.testing.assert_array_equal(b2.attrs.activation.below, mixed.scale.numpy() < 0)
+    # through a flatten (kept): feature f of the dense layer reads channel f // (H * W)
+    dense, dshape = CASES["act-affine-blinear"]
+    g4 = graph_from_torch(dense, dshape)
+    f4 = fold_affine_into_thresholds(g4)
+    assert [n.op for n in f4.nodes] == ["input", "conv", "prelu", "flatten", "blinear", "flatten"]
+    (b4,) = f4.binary_nodes()
+    ch = np.arange(32) // 4
+    s4, o4 = dense.scale.numpy()[ch], dense.shift.numpy()[ch]
+    np.testing.assert_allclose(b4.attrs.activation.threshold, -o4 / s4, rtol=1e-6)
+    np.testing.assert_array_equal(b4.attrs.activation.below, s4 < 0)
+    # a zero scale makes the bit a constant: the chain stays
+    zero = Case(lambda s, x: s.b(s.c(x) * s.scale.view(1, -1, 1, 1)), c=nn.Conv2d(8, 16, 1),
+                b=_bconv(16, 16, 1), scale=torch.linspace(0, 1, 16))  # fmt: skip
+    g0 = graph_from_torch(zero, (8, 5, 5))
+    assert fold_affine_into_thresholds(g0) is g0
+    # a second consumer of the chain's output keeps the chain
+    two = Case(
+        lambda s, x: (lambda y: torch.cat([s.b(y), y], 1))(s.c(x) * 2.0 + 0.5),
+        c=nn.Conv2d(8, 16, 1), b=_bconv(16, 16),
+    )  # fmt: skip
+    g3 = graph_from_torch(two, (8, 5, 5))
+    assert [n.op for n in fold_affine_into_thresholds(g3).nodes] == [n.op for n in g3.nodes]
 
 
 # ------------------------------------------------------------------ the zoo architectures

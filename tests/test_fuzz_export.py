@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 
 from bnn_export.convert.graph import graph_from_torch
 from bnn_export.convert.onnx_export import openvino_float_layers, to_onnx
@@ -37,6 +37,7 @@ from tests.fuzz_models import (
     inputs,
     model_specs,
     reference,
+    stable_samples,
 )
 
 ONNX_EXAMPLES = int(os.environ.get("BNN_FUZZ_EXAMPLES", 150))
@@ -56,6 +57,9 @@ def onnx_parity(spec: ModelSpec) -> None:
     model = build_model(spec)
     x = inputs(spec, N_INPUTS)
     ref32, ref64 = reference(model, x)
+    # a model whose float32 and float64 runs already disagree on most samples (a few
+    # channels, sign flips everywhere) says nothing about the export: drawn again
+    assume(stable_samples(ref32, ref64) >= N_INPUTS // 2)
     graph = graph_from_torch(model, input_shape(spec))
     exact = ExactAccumulators(model, graph)
     for target in ("onnxruntime", "openvino", "reference"):
@@ -92,6 +96,7 @@ def tflite_parity(spec: ModelSpec, lce: LceServer) -> None:
     model = build_model(spec)
     x = inputs(spec, N_INPUTS)
     ref32, ref64 = reference(model, x)
+    assume(stable_samples(ref32, ref64) >= N_INPUTS // 2)
     graph = graph_from_torch(model, input_shape(spec))
     if any(b.stride > 1 and b.dilation > 1 and b.kernel > 1 for b in spec.blocks):
         with pytest.raises(BnnExportError, match="has no TFLite equivalent"):

@@ -38,7 +38,9 @@ class ActivationExport:
 
     kind:
       ``sign``       bit = +1 where x >= 0
-      ``threshold``  bit = +1 where x >= threshold[c] (per input channel)
+      ``threshold``  bit = +1 where x >= threshold[c] (per input channel; where ``below[c]``
+                     is set, +1 where x <= threshold[c]: only in OpenVINO exports, from a
+                     negative per-channel scale folded into the threshold)
       ``center``     bit = +1 where x - mean_{c,h,w}(x) >= 0 (per sample, float reduction)
       ``se``         bit = +1 where x + SE(x) >= 0, SE(x) = sigmoid(W2 relu(W1 GAP(x)))
     """
@@ -47,3 +49,4 @@ class ActivationExport:
     threshold: np.ndarray | None = None
     se_w1: np.ndarray | None = None  # [C/r, C]
     se_w2: np.ndarray | None = None  # [C, C/r]
+    below: np.ndarray | None = None  # bool [C], ``threshold`` only

@@ -318,6 +318,103 @@ def fuse_rsign(graph: Graph) -> None:
         graph.nodes.remove(rsign)
 
 
+def _affine_step(op: str, reverse: bool, v: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """u = op(x, v) as u = p * x + q (per channel), or None when it is not affine in x."""
+    one, zero = np.ones_like(v), np.zeros_like(v)
+    if op == "Add":
+        return one, v
+    if op == "Sub":
+        return (-one, v) if reverse else (one, -v)
+    if op == "Mul":
+        return v, zero
+    if op == "Div" and not reverse:
+        return 1.0 / v, zero
+    return None
+
+
+def fold_affine_into_thresholds(graph: Graph) -> Graph:
+    """A copy of ``graph`` in which every chain of per-channel constant arithmetic
+    (``x * s + b``, ``x - c``, ...; through identities and flattens) that feeds only a
+    binary layer binarizing with a sign or a threshold is folded into that layer's
+    threshold: bit = +1 where s x + b >= t becomes x >= (t - b) / s, or x <= (t - b) / s
+    for s < 0 (``ActivationExport.below``); a chain with a zero scale stays. The chain's
+    arithmetic and identity nodes go (its flattens stay).
+
+    For OpenVINO: its CPU plugin fuses an activation, such per-channel Multiply/Add and the
+    binarizing FakeQuantize into the preceding convolution's post-ops and then binarizes
+    wrongly (found by tests/test_fuzz_export.py, openvino 2026.4: conv -> PReLU / ReLU6 ->
+    x * s + b -> 1x1 binary conv, every output off); with the chain folded into
+    FakeQuantize's per-channel range (and, for s < 0, its output range reversed) it
+    computes right. The thresholds are rounded to float32 once, so a value within an ulp
+    of one may binarize the other way than s x + b computed in float32 does (as for any
+    threshold; RSign's x - t >= 0 is exactly x >= t)."""
+    shapes = graph.shapes()
+    by_name = {n.name: n for n in graph.nodes}
+    removed: set[str] = set()
+    replaced: dict[str, Node] = {}
+    for b in graph.binary_nodes():
+        act = b.attrs.activation
+        if act.kind not in ("sign", "threshold") or not b.inputs:
+            continue
+        features = shapes[b.inputs[0]][1]  # of the layer's input: channels, or [N, F]'s F
+        # bit input = scale * u + shift, per feature, with u the tensor reached so far;
+        # index: the channel of u each feature reads (a flatten maps F onto C x H x W)
+        scale, shift = np.ones(features), np.zeros(features)
+        index = np.arange(features)
+        src, chain = b.inputs[0], []
+        while True:
+            p = by_name.get(src)
+            if (
+                p is None
+                or p.op not in ("const_arith", "identity", "flatten")
+                or src == graph.output
+                or len(graph.consumers(src)) != 1
+            ):
+                break
+            if p.op == "flatten":  # kept; the constants before it are per channel
+                u = shapes[p.inputs[0]] if p.inputs else (1, *graph.input_shape)
+                index = index // int(np.prod(u[2:], dtype=np.int64))
+            elif p.op == "const_arith":
+                v = np.asarray(p.attrs.value, np.float64)
+                step = _affine_step(p.attrs.op, p.attrs.reverse, v if v.ndim == 0 else v[index])
+                if step is None:
+                    break
+                mul, add = step  # u = mul * x + add
+                scale, shift = scale * mul, scale * add + shift
+            chain.append(p)
+            src = p.inputs[0] if p.inputs else ""
+        # a flatten nearest the source ends the chain unless constants lie beyond it
+        while chain and chain[-1].op == "flatten":
+            chain.pop()
+        if not any(p.op == "const_arith" for p in chain) or not (
+            np.all(scale != 0) and np.all(np.isfinite(scale))
+        ):
+            continue
+        t = np.zeros(features) if act.threshold is None else act.threshold.astype(np.float64)
+        threshold = ((t - shift) / scale).astype(np.float32)
+        if not np.all(np.isfinite(threshold)):
+            continue
+        below = scale < 0  # s x + b >= t with s < 0: x <= (t - b) / s
+        activation = ActivationExport(
+            "threshold", threshold=threshold, below=below if below.any() else None
+        )
+        # the chain's flattens stay, rewired past the constants that go
+        upstream = list(chain[-1].inputs)
+        for p in reversed(chain):
+            if p.op == "flatten":
+                replaced[p.name] = dataclasses.replace(p, inputs=upstream)
+                upstream = [p.name]
+            else:
+                removed.add(p.name)
+        replaced[b.name] = dataclasses.replace(
+            b, inputs=upstream, attrs=dataclasses.replace(b.attrs, activation=activation)
+        )
+    if not replaced:
+        return graph
+    nodes = [replaced.get(n.name, n) for n in graph.nodes if n.name not in removed]
+    return Graph(nodes, graph.output, graph.input_shape, dict(graph.meta))
+
+
 def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
     """Output shape of every node for a batch of one (NCHW), by each op's shape rule."""
     shapes: dict[str, tuple[int, ...]] = {}

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnn_export import __version__
 from bnn_export.convert import onnx_ops
-from bnn_export.convert.graph import Graph, Node
+from bnn_export.convert.graph import Graph, Node, fold_affine_into_thresholds
 from bnn_export.convert.ops.binary import (
     OPENVINO_DOMAIN,
     OPENVINO_FQ_HIGH,
@@ -221,6 +221,8 @@ def to_onnx(
         raise BnnExportError(
             f"Expected `target` to be one of {', '.join(TARGETS)}, but got {target!r}"
         )
+    if target == "openvino":
+        graph = fold_affine_into_thresholds(graph)
     e = OnnxEmitter(graph, target, accumulators, fuse_rprelu)
     for n in graph.nodes:
         if n.name in e.folded:

@@ -87,6 +87,18 @@ def openvino_threshold_range(threshold: np.ndarray, k: int = 0) -> tuple[np.ndar
     return lo.astype(np.float32), hi.astype(np.float32)
 
 
+def openvino_below_range(threshold: np.ndarray, k: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi] per channel whose midpoint is threshold t itself (lo, hi = t -/+ (1 + k)
+    ulps): with FakeQuantize's output range reversed (+1 below, -1 above), OpenVINO's
+    x > midpoint -> -1 gives +1 exactly where x <= t."""
+    t = np.asarray(threshold, np.float32).reshape(-1)
+    lo, hi = t.copy(), t.copy()
+    for _ in range(1 + k):
+        lo = np.nextafter(lo, np.float32(-np.inf))
+        hi = np.nextafter(hi, np.float32(np.inf))
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
 @dataclass(frozen=True, eq=False)
 class BinaryLinearAttrs(OpAttrs):
     weights: WeightExport  # bits [O, I]
@@ -160,6 +172,11 @@ class BinaryOp(Op[Any]):
         # the op's own `threshold` input; openvino, FakeQuantize's per-channel range (and
         # the layer stays BinaryConvolution). The exposed `_binput` (accumulator tests) is
         # still x - t, the tensor whose sign the layer takes
+        if a.activation.below is not None and e.target != "openvino":
+            raise BnnExportError(
+                f"layer {node.label!r}: a reversed threshold ('below') is only exported for "
+                "OpenVINO (internal error: it comes from that target's affine folding)"
+            )
         fused_threshold = a.activation.kind == "threshold" and (
             e.target == "onnxruntime"
             or (e.target == "openvino" and self.openvino_binary(node, in_shape))
@@ -283,10 +300,15 @@ class BinaryOp(Op[Any]):
             )
             k = e.binarized_uses.get(key, 0)
             e.binarized_uses[key] = k + 1
+            out_hi: np.ndarray = np.array(1.0, np.float32)
             if act.kind == "threshold":
                 assert act.threshold is not None
                 lo_c, hi_c = openvino_threshold_range(act.threshold, k)
                 shape = (1, -1, 1, 1)
+                if act.below is not None:  # +1 where x <= t: midpoint t, outputs reversed
+                    b_lo, b_hi = openvino_below_range(act.threshold, k)
+                    lo_c, hi_c = np.where(act.below, b_lo, lo_c), np.where(act.below, b_hi, hi_c)
+                    out_hi = np.where(act.below, -1.0, 1.0).astype(np.float32).reshape(shape)
                 lo, hi = (
                     e.const(f"{name}_fq_in_lo", lo_c.reshape(shape)),
                     e.const(f"{name}_fq_in_hi", hi_c.reshape(shape)),
@@ -294,10 +316,8 @@ class BinaryOp(Op[Any]):
             else:
                 lo_k, hi_k = openvino_sign_range(k)
                 lo, hi = e.const(f"{name}_fq_in_lo", lo_k), e.const(f"{name}_fq_in_hi", hi_k)
-            olo, ohi = (
-                e.const(f"{name}_fq_out_lo", np.float32(-1)),
-                e.const(f"{name}_fq_out_hi", np.float32(1)),
-            )
+            olo = e.const(f"{name}_fq_out_lo", -out_hi)
+            ohi = e.const(f"{name}_fq_out_hi", out_hi)
             xb = e.node(
                 "FakeQuantize",
                 [x, lo, hi, olo, ohi],
@@ -443,8 +463,14 @@ def _onnx_binarized_input(
         return x
     if act.kind == "threshold":
         assert act.threshold is not None
-        thr = act.threshold.astype(np.float32).reshape(1, -1, *[1] * (rank - 2))
-        return e.node("Sub", [x, e.const(f"{name}_threshold", thr)], f"{name}_thresholded")
+        shape = (1, -1, *[1] * (rank - 2))
+        thr = act.threshold.astype(np.float32).reshape(shape)
+        out = e.node("Sub", [x, e.const(f"{name}_threshold", thr)], f"{name}_thresholded")
+        if act.below is None:
+            return out
+        # +1 where x <= t: the sign of t - x (exact: a negation)
+        flip = np.where(act.below, -1.0, 1.0).astype(np.float32).reshape(shape)
+        return e.node("Mul", [out, e.const(f"{name}_below", flip)], f"{name}_below_flipped")
     if act.kind == "center":
         mean = e.node("ReduceMean", [x], f"{name}_mean", axes=list(range(1, rank)), keepdims=1)
         return e.node("Sub", [x, mean], f"{name}_centered")
@@ -472,7 +498,7 @@ def _keras_binarized_input(
     if act.kind == "sign":
         return x
     if act.kind == "threshold":
-        assert act.threshold is not None
+        assert act.threshold is not None and act.below is None
         thr = act.threshold.astype(np.float32)
         return layers.Lambda(lambda t: t - thr, name=f"{name}_threshold")(x)
     if act.kind == "center":
