@@ -53,13 +53,14 @@ def _settings(n: int) -> settings:
                     print_blob=True)  # fmt: skip
 
 
-def onnx_parity(spec: ModelSpec) -> None:
+def onnx_parity(spec: ModelSpec, drawn: bool = False) -> None:
     model = build_model(spec)
     x = inputs(spec, N_INPUTS)
     ref32, ref64 = reference(model, x)
-    # a model whose float32 and float64 runs already disagree on most samples (a few
-    # channels, sign flips everywhere) says nothing about the export: drawn again
-    assume(stable_samples(ref32, ref64) >= N_INPUTS // 2)
+    if drawn:
+        # a drawn model whose float32 and float64 runs already disagree on most samples (a
+        # few channels, sign flips everywhere) says nothing about the export: draw again
+        assume(stable_samples(ref32, ref64) >= N_INPUTS // 2)
     graph = graph_from_torch(model, input_shape(spec))
     exact = ExactAccumulators(model, graph)
     for target in ("onnxruntime", "openvino", "reference"):
@@ -92,11 +93,12 @@ def onnx_parity(spec: ModelSpec) -> None:
     exact.check(dict(zip(names, got, strict=True)), "onnx.reference evaluator")
 
 
-def tflite_parity(spec: ModelSpec, lce: LceServer) -> None:
+def tflite_parity(spec: ModelSpec, lce: LceServer, drawn: bool = False) -> None:
     model = build_model(spec)
     x = inputs(spec, N_INPUTS)
     ref32, ref64 = reference(model, x)
-    assume(stable_samples(ref32, ref64) >= N_INPUTS // 2)
+    if drawn:
+        assume(stable_samples(ref32, ref64) >= N_INPUTS // 2)
     graph = graph_from_torch(model, input_shape(spec))
     if any(b.stride > 1 and b.dilation > 1 and b.kernel > 1 for b in spec.blocks):
         with pytest.raises(BnnExportError, match="has no TFLite equivalent"):
@@ -116,13 +118,13 @@ def lce() -> Iterator[LceServer]:
 @_settings(ONNX_EXAMPLES)
 @given(spec=model_specs())
 def test_fuzz_onnx_parity(spec: ModelSpec) -> None:
-    onnx_parity(spec)
+    onnx_parity(spec, drawn=True)
 
 
 @_settings(TFLITE_EXAMPLES)
 @given(spec=model_specs())
 def test_fuzz_tflite_parity(spec: ModelSpec, lce: LceServer) -> None:
-    tflite_parity(spec, lce)
+    tflite_parity(spec, lce, drawn=True)
 
 
 # -- regressions the fuzzer found (shrunk), kept as explicit cases ------------------------
@@ -134,6 +136,10 @@ def _one_block(**block: object) -> ModelSpec:
     b.update(block)
     return ModelSpec(in_channels=1, size=5, stem=1, blocks=(BlockSpec(**b),),  # type: ignore[arg-type]
                      head="gap", hidden=1, binarizer="equal_bits", seed=0)  # fmt: skip
+
+
+def _b(out: int, stride: int = 1, groups: int = 1) -> BlockSpec:
+    return BlockSpec(out, 1, stride, 1, False, groups, 0.0, False, "none")
 
 
 REGRESSIONS: list[ModelSpec] = [
@@ -174,11 +180,18 @@ REGRESSIONS: list[ModelSpec] = [
     ModelSpec(3, 12, 29, (BlockSpec(29, 1, 1, 1, False, 1, 0.0, True, "none", False),
                           BlockSpec(1, 1, 2, 1, False, 1, 0.0, False, "none")),
               "blinear", 4, "siman", 4, stem_kernel=1, stem_stride=2, stem_padding=0),
+    # openvino 2026.4 (BNN_FUZZ_SEEDED=0): a float conv, PReLU, x * s + b, then a 1x1 binary
+    # conv: every output wrong (its post-op fusion); now x * s + b is folded into the
+    # binarizing FakeQuantize's range (graph.fold_affine_into_thresholds)
+    ModelSpec(1, 5, 1, (replace(_b(56, stride=2), binary=False, act="prelu", scale=True),
+                        replace(_b(56), binary=True, scale=True)),
+              "gap", 1, "equal_bits", 0, stem_kernel=1, stem_stride=1, stem_padding=0),
+    # the same through a flatten into a binary dense layer
+    ModelSpec(1, 5, 2, (replace(_b(2, stride=2), binary=False, scale=True),
+                        replace(_b(1), binary=False, scale=True, cat=True),
+                        replace(_b(8), kernel=3, binary=False, act="prelu", scale=True)),
+              "blinear", 1, "equal_bits", 0, stem_kernel=1, stem_stride=1, stem_padding=0),
 ]  # fmt: skip
-
-
-def _b(out: int, stride: int = 1, groups: int = 1) -> BlockSpec:
-    return BlockSpec(out, 1, stride, 1, False, groups, 0.0, False, "none")
 
 
 #: Found with BNN_FUZZ_EXAMPLES=300 (were strict xfails): binary convs LCE 0.16 cannot run
