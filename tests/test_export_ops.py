@@ -80,6 +80,16 @@ def _prelu(c: int) -> nn.PReLU:
     return m
 
 
+def _conv_with_a_zero_channel(cin: int, cout: int, zero: int) -> nn.Conv2d:
+    """A 1x1 conv whose output channel ``zero`` is exactly 0 everywhere."""
+    torch.manual_seed(cin + cout)
+    m = nn.Conv2d(cin, cout, 1)
+    with torch.no_grad():
+        m.weight[zero].zero_()
+        m.bias[zero] = 0.0
+    return m
+
+
 def _bconv(cin: int, cout: int, k: int = 3, **kw: Any) -> BinaryConv2d:
     torch.manual_seed(cin * 100 + cout)
     return BinaryConv2d(cin, cout, k, binarizer=STE, padding=k // 2, **kw)
@@ -221,6 +231,18 @@ CASES: dict[str, tuple[nn.Module, tuple[int, int, int]]] = {
         Case(
             lambda s, x: s.b((F.relu6(s.c(x)) - 0.5) * s.scale.view(1, -1, 1, 1)),
             c=nn.Conv2d(8, 16, 1),
+            b=_bconv(16, 16, 1),
+            scale=torch.linspace(-1.5, 1.0, 16),
+        ),
+        (8, 5, 5),
+    ),  # fmt: skip
+    # x * s alone (threshold 0 on both sides; a channel exactly 0): the reversed range
+    # around 0 must not be denormals, which OpenVINO flushes (NaN outputs)
+    "act-scale-zero-bconv": (
+        Case(
+            lambda s, x: s.b(s.p(s.c(x)) * s.scale.view(1, -1, 1, 1)),
+            c=_conv_with_a_zero_channel(8, 16, 3),
+            p=_prelu(16),
             b=_bconv(16, 16, 1),
             scale=torch.linspace(-1.5, 1.0, 16),
         ),

@@ -77,26 +77,38 @@ def openvino_threshold_range(threshold: np.ndarray, k: int = 0) -> tuple[np.ndar
     ``_onnx_sign_conv``) without moving the midpoint. t = 0 keeps the plain sign's range
     (``OPENVINO_FQ_LOW``/``HIGH``: a denormal midpoint is flushed to 0 there)."""
     t = np.asarray(threshold, np.float32).reshape(-1)
-    lo, hi = t.copy(), t.copy()
-    for _ in range(2 + k):
-        lo = np.nextafter(lo, np.float32(-np.inf))
-    for _ in range(k):
-        hi = np.nextafter(hi, np.float32(np.inf))
-    zero = np.abs(t) < 4 * np.finfo(np.float32).tiny  # 0, or a range reaching denormals
+    lo, hi = _ulps_apart(t, 2 + k, k)
+    zero = _near_zero(t)
     lo[zero], hi[zero] = openvino_sign_range(k)
-    return lo.astype(np.float32), hi.astype(np.float32)
+    return lo, hi
 
 
 def openvino_below_range(threshold: np.ndarray, k: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """[lo, hi] per channel whose midpoint is threshold t itself (lo, hi = t -/+ (1 + k)
     ulps): with FakeQuantize's output range reversed (+1 below, -1 above), OpenVINO's
-    x > midpoint -> -1 gives +1 exactly where x <= t."""
+    x > midpoint -> -1 gives +1 exactly where x <= t. Near t = 0 the ulps are denormals,
+    which OpenVINO flushes (lo == hi gave NaN outputs): [-m, m] with m = 2 (1 + k) tiny."""
     t = np.asarray(threshold, np.float32).reshape(-1)
-    lo, hi = t.copy(), t.copy()
-    for _ in range(1 + k):
+    lo, hi = _ulps_apart(t, 1 + k, 1 + k)
+    zero = _near_zero(t)
+    m = np.float32(2 * (1 + k) * OPENVINO_TINY)
+    lo[zero], hi[zero] = -m, m
+    return lo, hi
+
+
+def _ulps_apart(t: np.ndarray, down: int, up: int) -> tuple[np.ndarray, np.ndarray]:
+    """(t moved ``down`` float32 ulps toward -inf, t moved ``up`` ulps toward +inf)."""
+    lo, hi = t.astype(np.float32), t.astype(np.float32)
+    for _ in range(down):
         lo = np.nextafter(lo, np.float32(-np.inf))
+    for _ in range(up):
         hi = np.nextafter(hi, np.float32(np.inf))
-    return lo.astype(np.float32), hi.astype(np.float32)
+    return lo, hi
+
+
+def _near_zero(t: np.ndarray) -> np.ndarray:
+    """Thresholds whose ulp neighbours reach the denormals OpenVINO flushes to 0."""
+    return np.abs(t) < 4 * np.finfo(np.float32).tiny
 
 
 @dataclass(frozen=True, eq=False)
