@@ -49,6 +49,7 @@ class BlockSpec:
     act: str = "none"  # after the batch norm: a key of ACTS
     scale: bool = False  # then y * per-channel buffer + per-channel offset (both signs)
     cat: bool = False  # then torch.cat([y, x], dim=1) (same resolution only)
+    scale_mixed: bool = False  # the scale buffer negative on odd channels
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ def model_specs(draw: st.DrawFn) -> ModelSpec:
         rsign = binary and draw(st.booleans())
         act = draw(st.sampled_from(ACTS))
         scale = draw(st.integers(0, 3)) == 0
+        scale_mixed = scale and draw(st.booleans())
         keeps_size = stride == 1 and (same or kernel == 1)
         cat = keeps_size and out + channels <= 96 and draw(st.integers(0, 3)) == 0
         blocks.append(
@@ -157,6 +159,7 @@ def model_specs(draw: st.DrawFn) -> ModelSpec:
                 act,
                 scale,
                 cat,
+                scale_mixed,
             )  # fmt: skip
         )
         channels = out + channels if cat else out
@@ -197,7 +200,10 @@ class Block(nn.Module):
                     prm.uniform_(-0.5, 0.5)
         self.use_scale, self.cat = b.scale, b.cat
         if b.scale:
-            self.register_buffer("scale", torch.linspace(0.5, 1.5, b.out))
+            scale = torch.linspace(0.5, 1.5, b.out)
+            if b.scale_mixed:  # a negative scale flips the sign of what a binary layer sees
+                scale[1::2] *= -1
+            self.register_buffer("scale", scale)
             # offsets of both signs, none near 0: a binary layer after a never-negative
             # activation (ReLU6, PReLU with a negative slope) still sees both signs, and a
             # zeroed input plus its offset is never a tie for the sign

@@ -241,7 +241,7 @@ def test_generator_covers_the_layer_set() -> None:
                                     ("kernel", "stride", "dilation", "groups", "pad_value",
                                      "residual", "pool", "binary", "head", "binarizer",
                                      "odd_channels", "stem", "float_strided_padded", "rsign",
-                                     "act", "scale", "cat")}  # fmt: skip
+                                     "act", "scale", "cat", "scale_mixed")}  # fmt: skip
 
     @settings(max_examples=300, derandomize=True, deadline=None, database=None)
     @given(spec=model_specs())
@@ -254,7 +254,7 @@ def test_generator_covers_the_layer_set() -> None:
         for b in spec.blocks:
             assert isinstance(b, BlockSpec)
             for k in ("kernel", "stride", "dilation", "groups", "pad_value", "residual", "pool",
-                      "binary", "act", "scale", "cat"):  # fmt: skip
+                      "binary", "act", "scale", "cat", "scale_mixed"):  # fmt: skip
                 seen[k].add(getattr(b, k))
             seen["odd_channels"].add(b.out % 32 != 0)
             if b.rsign and b.binary and spec.binarizer in PLAIN_SIGN:
@@ -271,6 +271,7 @@ def test_generator_covers_the_layer_set() -> None:
     # a per-channel buffer, concatenation on channels, padded and ceil-mode pooling
     assert seen["act"] == set(ACTS) and seen["rsign"] == {True}
     assert seen["scale"] == {True, False} and seen["cat"] == {True, False}
+    assert seen["scale_mixed"] == {True, False}  # negative scales: reversed thresholds
     assert len(seen["binarizer"]) == 7 and True in seen["odd_channels"]
     # every float stem: kernel 1/3/5 x stride 1/2 x padding 0..k//2; float convs mid-network
     assert seen["stem"] == {(k, s, p) for k in (1, 3, 5) for s in (1, 2) for p in range(k // 2 + 1)}

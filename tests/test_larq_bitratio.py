@@ -179,6 +179,10 @@ def test_unfixed_larq_file_records_its_bit_ratios(run: Path, tmp_path: Path) -> 
     for name in LAYERS:
         bits = kernel_bits(model.get_layer(name))
         assert meta["bit_ratios"][name]["mean"] == pytest.approx((bits == 1).mean())
+    # a serving signature, as for PyTorch checkpoints (lce_worker.finish_flatbuffer)
+    from tests.test_tflite_export import _serving_signature
+
+    assert _serving_signature(out.read_bytes()) == (["input"], 1)
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,19 @@ def _assert_lce_matches(model: torch.nn.Module, got: np.ndarray, x: np.ndarray) 
     assert differ.sum() <= len(x) / 2, f"{int(differ.sum())} of {len(x)} samples differ"
 
 
+def _serving_signature(data: bytes) -> tuple[list[str], int]:
+    """(input names, output count) of the file's ``serving_default`` signature, whose
+    tensors must be the subgraph's inputs and outputs."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+    (sig,) = [s for s in model.signatureDefs or [] if s.signatureKey == b"serving_default"]
+    graph = model.subgraphs[sig.subgraphIndex]
+    assert [t.tensorIndex for t in sig.inputs] == list(graph.inputs)
+    assert [t.tensorIndex for t in sig.outputs] == list(graph.outputs)
+    return [t.name.decode() for t in sig.inputs], len(sig.outputs)
+
+
 def _source(
     arch: str, config: BinarizerConfig, pad_value: float = 1.0
 ) -> tuple[Source, torch.nn.Module]:
@@ -71,6 +84,7 @@ def test_digits_every_binarizer_becomes_lce_bconv_and_matches(name: str) -> None
     source, model = _source("digits", CONFIGS[name])
     data, facts = convert_tflite(source)
     assert facts["binary_ops"] == facts["binary_layers"] == 3 and not facts["float_fallbacks"]
+    assert _serving_signature(data) == (["input"], 1)
     _, x, _ = _digits((1, 8, 8))
     _assert_lce_matches(model, LceRunner(data).predict(x), x)
 
@@ -254,3 +268,86 @@ def test_larq_siman_vgg_small_convs_all_become_lce_bconv(tmp_path: Path) -> None
     assert facts["binary_ops"] == facts["binary_layers"] == 5, facts["ops"]
     assert "CONV_2D" in facts["ops"] and facts["ops"]["CONV_2D"] == 1  # the float first conv
     assert len(blob) < 1_500_000, len(blob)
+
+
+_GRAPHDEF_CHILD = """
+import json, sys, warnings
+import numpy as np
+import larq_compute_engine as lce
+from larq_compute_engine.tflite.python.interpreter import Interpreter
+from tensorflow.lite.python import schema_py_generated as schema
+from torch import nn
+from bnn_export.convert.graph import graph_from_torch
+from bnn_export.convert.keras_export import build_keras_model
+from bnn_export.convert.lce_worker import convert_via_graphdef, finish_flatbuffer
+from bnn_export.models.layers import BinaryConv2d
+from bnn_export.binarizers import get
+from tests.test_export_ops import CASES
+
+if sys.argv[1] == "strided-bconv":  # a +1 pad before a strided binary conv: a Lambda layer
+    torch_model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8),
+        BinaryConv2d(8, 8, 3, stride=2, padding=1, binarizer=get("ste"), pad_value=1.0),
+        nn.BatchNorm2d(8), nn.Flatten()).eval()
+    shape = (1, 9, 9)
+else:
+    torch_model, shape = CASES[sys.argv[1]]
+model = build_keras_model(graph_from_torch(torch_model.eval(), shape))[0]
+ours = convert_via_graphdef(model)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    theirs = lce.convert_keras_model(model, target="arm")
+signed = finish_flatbuffer(ours, ("x", b"{}"), (model.input_names, model.output_names))
+
+def signatures(buf):
+    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+    return [[s.signatureKey.decode(), s.subgraphIndex,
+             [(t.name.decode(), int(t.tensorIndex)) for t in s.inputs],
+             [(t.name.decode(), int(t.tensorIndex)) for t in s.outputs]]
+            for s in m.signatureDefs or []]
+
+x = np.random.default_rng(0).standard_normal((4, *model.inputs[0].shape[1:])).astype("float32")
+print("RESULT " + json.dumps({
+    "fell_back": any("falling back to graphdef" in str(w.message) for w in caught),
+    "same_bytes": ours == theirs,
+    "same_outputs": bool((Interpreter(signed).predict(x) == Interpreter(theirs).predict(x)).all()),
+    "ours": signatures(signed), "theirs": signatures(theirs),
+}))
+"""
+
+
+def _graphdef_vs_lce(case: str) -> dict:  # type: ignore[type-arg]
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, "-c", _GRAPHDEF_CHILD, case],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
+
+
+def test_graphdef_conversion_gives_lces_own_bytes_where_it_falls_back() -> None:
+    """The LCE worker converts the frozen GraphDef directly, skipping
+    ``convert_keras_model``'s SavedModel attempt, which fails for models with Lambda
+    layers (here the +1 pad of a strided binary conv): byte for byte LCE's own
+    fallback."""
+    got = _graphdef_vs_lce("strided-bconv")
+    assert got["fell_back"], "LCE's SavedModel path now works for this model: revisit"
+    assert got["same_bytes"]
+    assert got["theirs"] == [] and got["ours"][0][0] == "serving_default"
+
+
+def test_graphdef_conversion_matches_lces_savedmodel_path() -> None:
+    """Where LCE's SavedModel path works (no Lambda layers), ours computes the same
+    outputs and carries the same serving signature (keys and tensors)."""
+    got = _graphdef_vs_lce("rsign-bconv")
+    assert not got["fell_back"] and got["same_outputs"]
+    assert got["ours"] == got["theirs"] and got["ours"][0][0] == "serving_default"

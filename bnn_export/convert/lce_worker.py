@@ -26,12 +26,20 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def add_metadata(flatbuffer: bytes, name: str, payload: bytes) -> bytes:
-    """A copy of a TFLite model with one more metadata entry (name -> new buffer)."""
+def finish_flatbuffer(
+    flatbuffer: bytes,
+    metadata: tuple[str, bytes],
+    signature: tuple[list[str], list[str]] | None = None,
+) -> bytes:
+    """A copy of a TFLite model with one more metadata entry (name -> new buffer) and,
+    given ``signature=(input names, output names)`` and a model without signatures, a
+    ``serving_default`` signature keyed by those names (as LCE's SavedModel path writes
+    it; for ``Interpreter.get_signature_runner`` and Android's ``runSignature``)."""
     import flatbuffers
     from tensorflow.lite.python import schema_py_generated as schema
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
+    name, payload = metadata
     buffer = schema.BufferT()
     buffer.data = list(payload)
     model.buffers.append(buffer)
@@ -39,9 +47,97 @@ def add_metadata(flatbuffer: bytes, name: str, payload: bytes) -> bytes:
     entry.name = name
     entry.buffer = len(model.buffers) - 1
     model.metadata = [*(model.metadata or []), entry]
+    if signature is not None and not model.signatureDefs:
+        model.signatureDefs = [_serving_signature(schema, model.subgraphs[0], *signature)]
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def _serving_signature(
+    schema: Any, graph: Any, input_names: list[str], output_names: list[str]
+) -> Any:
+    if len(graph.inputs) != len(input_names) or len(graph.outputs) != len(output_names):
+        raise ValueError(
+            f"signature names {input_names} -> {output_names} do not match the model's "
+            f"{len(graph.inputs)} inputs and {len(graph.outputs)} outputs"
+        )
+
+    def tensor_map(name: str, index: int) -> Any:
+        entry = schema.TensorMapT()
+        entry.name, entry.tensorIndex = name, int(index)
+        return entry
+
+    signature = schema.SignatureDefT()
+    signature.signatureKey = "serving_default"
+    signature.subgraphIndex = 0
+    signature.inputs = [tensor_map(n, i) for n, i in zip(input_names, graph.inputs, strict=True)]
+    signature.outputs = [tensor_map(n, i) for n, i in zip(output_names, graph.outputs, strict=True)]
+    return signature
+
+
+def convert_via_graphdef(model: Any) -> bytes:
+    """A Keras model (an export graph's or a Larq checkpoint's) -> TFLite flatbuffer with
+    LCE ops: LCE's own conversion of a frozen GraphDef, without ``convert_keras_model``'s
+    first attempt.
+
+    ``convert_keras_model`` first saves a SavedModel (tracing every layer through
+    autograph: 10-20 s on a ResNet-20) and converts that. For models with Lambda layers
+    (+1 pads of strided binary convs, SiMaN's centring) the save fails, and LCE falls back
+    to freezing a concrete function of the model (batch 1) and converting its GraphDef.
+    This goes there directly, for every model: byte for byte LCE's fallback, and where
+    the SavedModel path works, the same outputs with other internal tensor names
+    (tests/test_tflite_export.py checks both); ``finish_flatbuffer`` adds the
+    ``serving_default`` signature the SavedModel path has. Without LCE's GraphDef entry
+    point (another LCE version) or with fake-quantization ops, ``convert_keras_model``
+    does it all.
+    """
+    import larq_compute_engine as lce
+    import tensorflow as tf
+
+    try:
+        from larq_compute_engine.mlir._tf_tfl_flatbuffer import (
+            convert_graphdef_to_tflite_flatbuffer,
+        )
+    except ImportError:  # pragma: no cover - LCE other than 0.16
+        return bytes(lce.convert_keras_model(model, target="arm"))
+    from tensorflow.core.framework.types_pb2 import DataType
+    from tensorflow.lite.python.util import get_tensor_name
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    # batch 1, and the Keras input names (the .tflite input tensors' names, as LCE's)
+    specs = [
+        tf.TensorSpec([1, *t.shape[1:]], t.dtype, name=name)
+        for t, name in zip(model.inputs, model.input_names, strict=True)
+    ]
+
+    def call(*xs: Any) -> Any:
+        return model(list(xs) if len(xs) > 1 else xs[0], training=False)
+
+    concrete = tf.function(call).get_concrete_function(*specs)
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False)
+    inputs = [t for t in frozen.inputs if t.dtype != tf.dtypes.resource]
+    graph_def = frozen.graph.as_graph_def()
+    ops = {n.op for n in graph_def.node} | {
+        n.op for f in graph_def.library.function for n in f.node_def
+    }
+    if any(op.startswith(("FakeQuant", "QuantizeAndDequantize")) for op in ops):
+        # quantization-aware graphs take LCE's int8 path: leave them to it
+        return bytes(lce.convert_keras_model(model, target="arm"))
+    return bytes(
+        convert_graphdef_to_tflite_flatbuffer(
+            graph_def.SerializeToString(),
+            [get_tensor_name(t) for t in inputs],
+            [DataType.Name(t.dtype.as_datatype_enum) for t in inputs],
+            [t.shape.as_list() for t in inputs],
+            [get_tensor_name(t) for t in frozen.outputs],
+            False,  # no fake-quant ops (checked above): nothing to quantize
+            "arm",
+            None,
+        )
+    )
 
 
 def larq_float_reason(layer: Any) -> str | None:
@@ -81,8 +177,6 @@ def serve() -> int:
 
 def run_job(job_path: Path) -> None:
     job: dict[str, Any] = json.loads((job_path / "job.json").read_text())
-    import larq_compute_engine as lce
-
     if job["kind"] == "graph":
         from bnn_export.convert.keras_export import build_keras_model
 
@@ -90,6 +184,7 @@ def run_job(job_path: Path) -> None:
             graph = pickle.load(f)  # written by our parent process in a private temp dir
         model, fallbacks = build_keras_model(graph)
         binary_layers = len(graph.binary_nodes())
+        flatbuffer = convert_via_graphdef(model)
     else:
         from bnn_export.checkpoint import load_checkpoint
         from bnn_export.models.larq_build import (
@@ -112,9 +207,12 @@ def run_job(job_path: Path) -> None:
         job["metadata"]["bit_ratios"] = layer_bit_ratios(model)
         freeze_quantized_kernels(model)
         binary_layers = len(layers)
-    flatbuffer = lce.convert_keras_model(model, target="arm")
+        flatbuffer = convert_via_graphdef(model)
+    signature = (list(model.input_names), list(model.output_names))
     payload = json.dumps(job["metadata"], sort_keys=True).encode()
-    (job_path / "model.tflite").write_bytes(add_metadata(flatbuffer, "bnn_export", payload))
+    (job_path / "model.tflite").write_bytes(
+        finish_flatbuffer(flatbuffer, ("bnn_export", payload), signature)
+    )
     (job_path / "result.json").write_text(
         json.dumps({"binary_layers": binary_layers, "fallbacks": fallbacks})
     )
