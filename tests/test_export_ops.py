@@ -57,10 +57,10 @@ def _param(*shape: int, seed: int = 0) -> nn.Parameter:
     return nn.Parameter(torch.rand(*shape, generator=g) * 2 - 0.5)
 
 
-def _rsign(c: int) -> RSign:
+def _rsign(c: int, reach: float = 0.5) -> RSign:
     m = RSign(c)
     with torch.no_grad():
-        m.threshold.copy_(torch.linspace(-0.5, 0.5, c))
+        m.threshold.copy_(torch.linspace(-reach, reach, c))
     return m
 
 
@@ -248,6 +248,42 @@ CASES: dict[str, tuple[nn.Module, tuple[int, int, int]]] = {
         ),
         (8, 5, 5),
     ),  # fmt: skip
+    # thresholds above 1 (and below -1 where reversed) before a +1-padded 3x3 binary conv:
+    # OpenVINO's export pads the float input with a value binarizing to +1 (1.0 binarized
+    # to -1 there); reversed and plain channels need different values (a select)
+    "act-affine-large-bconv3": (
+        Case(
+            lambda s, x: s.b(s.p(s.c(x)) * s.scale.view(1, -1, 1, 1) + s.shift.view(1, -1, 1, 1)),
+            c=nn.Conv2d(8, 16, 1),
+            p=_prelu(16),
+            b=_bconv(16, 16, 3),
+            scale=torch.tensor([0.1, -0.1, 0.2, -0.25] * 4),
+            shift=torch.tensor([-0.3, -0.2, 0.25, 0.3] * 4),
+        ),
+        (8, 5, 5),
+    ),  # fmt: skip
+    # the same with scales of one sign only: one pad value above every threshold
+    "act-affine-large-positive-bconv3": (
+        Case(
+            lambda s, x: s.b(s.p(s.c(x)) * s.scale.view(1, -1, 1, 1) + s.shift.view(1, -1, 1, 1)),
+            c=nn.Conv2d(8, 16, 1),
+            p=_prelu(16),
+            b=_bconv(16, 16, 3),
+            scale=torch.linspace(0.1, 0.3, 16),
+            shift=torch.linspace(-0.4, 0.3, 16),
+        ),
+        (8, 5, 5),
+    ),  # fmt: skip
+    # RSign thresholds beyond +-1 before a +1-padded 3x3 binary conv (no affine folding)
+    "rsign-large-bconv3": (
+        Case(
+            lambda s, x: s.b(s.rs(s.p(x * 3))),
+            p=_prelu(8),
+            rs=_rsign(8, 2.0),
+            b=_bconv(8, 8, 3),
+        ),
+        (8, 6, 6),
+    ),  # fmt: skip
     # the same before a flatten and a binary dense layer: per-channel constants, per-feature
     # thresholds
     "act-affine-blinear": (
@@ -312,6 +348,10 @@ def test_op_onnx_matches_pytorch(case: str) -> None:
         if target == "onnxruntime" and graph.binary_nodes():
             ops = [n.op_type for n in to_onnx(graph, target=target).graph.node]
             assert ops.count("BinaryConv2d") == len(graph.binary_nodes()), ops
+        if target == "openvino":  # binary layers run as BinaryConvolution (reversed
+            # thresholds were not fused: a float FakeQuantize + Convolution)
+            want = len(graph.binary_nodes()) - len(openvino_float_layers(graph))
+            assert runner.info["runtime_ops"].get("BinaryConvolution", 0) == want, case  # type: ignore[attr-defined]
 
 
 def test_ops_tflite_match_pytorch(lce: LceServer) -> None:

@@ -191,6 +191,13 @@ REGRESSIONS: list[ModelSpec] = [
                         replace(_b(1), binary=False, scale=True, cat=True),
                         replace(_b(8), kernel=3, binary=False, act="prelu", scale=True)),
               "blinear", 1, "equal_bits", 0, stem_kernel=1, stem_stride=1, stem_padding=0),
+    # scales of both signs before a binary dense layer: the reversed FakeQuantize range
+    # of the negative ones was computed right but not fused into BinaryConvolution (a float
+    # conv); now those channels binarize x > t with their weights flipped
+    ModelSpec(1, 5, 1, (replace(_b(57, stride=2), binary=False, scale=True),
+                        replace(_b(57), binary=False, scale=True),
+                        replace(_b(56), binary=False, scale=True, scale_mixed=True)),
+              "blinear", 1, "equal_bits", 0, stem_kernel=1, stem_stride=1, stem_padding=0),
 ]  # fmt: skip
 
 

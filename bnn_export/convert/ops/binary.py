@@ -85,9 +85,10 @@ def openvino_threshold_range(threshold: np.ndarray, k: int = 0) -> tuple[np.ndar
 
 def openvino_below_range(threshold: np.ndarray, k: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """[lo, hi] per channel whose midpoint is threshold t itself (lo, hi = t -/+ (1 + k)
-    ulps): with FakeQuantize's output range reversed (+1 below, -1 above), OpenVINO's
-    x > midpoint -> -1 gives +1 exactly where x <= t. Near t = 0 the ulps are denormals,
-    which OpenVINO flushes (lo == hi gave NaN outputs): [-m, m] with m = 2 (1 + k) tiny."""
+    ulps): OpenVINO's x > midpoint -> +1 is then exactly the negation of x <= t (the
+    layer flips those input channels' weights to match). Near t = 0 the ulps are
+    denormals, which OpenVINO flushes (lo == hi gave NaN outputs): [-m, m] with
+    m = 2 (1 + k) tiny."""
     t = np.asarray(threshold, np.float32).reshape(-1)
     lo, hi = _ulps_apart(t, 1 + k, 1 + k)
     zero = _near_zero(t)
@@ -285,19 +286,26 @@ class BinaryOp(Op[Any]):
         ph, pw = g.padding
         pads = [ph, pw, ph, pw]
 
-        def pad_with_ones(t: str, what: str) -> str:
+        def pad_with(t: str, what: str, fill: np.ndarray | None = None) -> str:
+            """``t`` padded by (ph, pw) with 1.0, or per channel with ``fill`` [C]."""
             nonlocal pads
             pads = [0, 0, 0, 0]
             widths = e.const(f"{name}_pads", np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64))
-            one = e.const(f"{name}_padval", np.float32(1))
-            return e.node("Pad", [t, widths, one], f"{name}_{what}", mode="constant")
+            if fill is None or (fill == fill[0]).all():
+                value = np.float32(1 if fill is None else fill[0])
+                val = e.const(f"{name}_padval", value)
+                return e.node("Pad", [t, widths, val], f"{name}_{what}", mode="constant")
+            # one value per channel: a select on the border (no arithmetic on t)
+            _, _, h, w = in_shape
+            border = np.ones((1, 1, h + 2 * ph, w + 2 * pw), bool)
+            border[:, :, ph : ph + h, pw : pw + w] = False
+            zero = e.const(f"{name}_padval", np.float32(0))
+            padded = e.node("Pad", [t, widths, zero], f"{name}_{what}_zeros", mode="constant")
+            mask = e.const(f"{name}_pad_border", border)
+            fills = e.const(f"{name}_pad_fill", fill.astype(np.float32).reshape(1, -1, 1, 1))
+            return e.node("Where", [mask, fills, padded], f"{name}_{what}")
 
         if e.target == "openvino" and self.openvino_binary(node, in_shape):
-            if pad_value == 1 and (ph or pw):
-                # pad the float input with +1.0 (binarized to +1) before FakeQuantize: OpenVINO
-                # fuses FakeQuantize -> Conv into BinaryConvolution, but not FakeQuantize ->
-                # Pad -> Conv (found by the fuzz suite's runtime-op check)
-                x = pad_with_ones(x, "padded_input")
             # OpenVINO merges identical FakeQuantize chains (two binary layers binarizing
             # the same tensor the same way: ReActNet's doubled 1x1 convs after one RSign),
             # and a FakeQuantize with two consumers is not fused into BinaryConvolution;
@@ -312,15 +320,24 @@ class BinaryOp(Op[Any]):
             )
             k = e.binarized_uses.get(key, 0)
             e.binarized_uses[key] = k + 1
-            out_hi: np.ndarray = np.array(1.0, np.float32)
+            # what a +1-padded layer pads its float input with, per channel: a value that
+            # binarizes to +1 (the bit the layer pads with)
+            fill: np.ndarray | None = None
             if act.kind == "threshold":
                 assert act.threshold is not None
                 lo_c, hi_c = openvino_threshold_range(act.threshold, k)
-                shape = (1, -1, 1, 1)
-                if act.below is not None:  # +1 where x <= t: midpoint t, outputs reversed
+                fill = np.maximum(hi_c, np.float32(1))  # above the midpoint; 1.0 if t < 1
+                if act.below is not None:
+                    # +1 where x <= t: binarize +1 where x > t instead (midpoint t) and flip
+                    # those input channels' weights, the same products: OpenVINO fuses a
+                    # FakeQuantize into BinaryConvolution only with the usual output range.
+                    # Their +1 pad is then -1: a value below the midpoint.
                     b_lo, b_hi = openvino_below_range(act.threshold, k)
                     lo_c, hi_c = np.where(act.below, b_lo, lo_c), np.where(act.below, b_hi, hi_c)
-                    out_hi = np.where(act.below, -1.0, 1.0).astype(np.float32).reshape(shape)
+                    fill = np.where(act.below, lo_c, fill)
+                    flip = np.where(act.below, -1, 1).astype(bits4.dtype)
+                    bits4 = bits4 * flip.reshape(1, -1, *[1] * (bits4.ndim - 2))
+                shape = (1, -1, 1, 1)
                 lo, hi = (
                     e.const(f"{name}_fq_in_lo", lo_c.reshape(shape)),
                     e.const(f"{name}_fq_in_hi", hi_c.reshape(shape)),
@@ -328,8 +345,15 @@ class BinaryOp(Op[Any]):
             else:
                 lo_k, hi_k = openvino_sign_range(k)
                 lo, hi = e.const(f"{name}_fq_in_lo", lo_k), e.const(f"{name}_fq_in_hi", hi_k)
-            olo = e.const(f"{name}_fq_out_lo", -out_hi)
-            ohi = e.const(f"{name}_fq_out_hi", out_hi)
+            if pad_value == 1 and (ph or pw):
+                # pad the float input (with values binarizing to +1) before FakeQuantize:
+                # OpenVINO fuses FakeQuantize -> Conv into BinaryConvolution, but not
+                # FakeQuantize -> Pad -> Conv (found by the fuzz suite's runtime-op check).
+                # A threshold above 1 needs a larger value than 1.0 (found by a test: 1.0
+                # binarized to -1 there)
+                x = pad_with(x, "padded_input", fill)
+            olo = e.const(f"{name}_fq_out_lo", np.float32(-1))
+            ohi = e.const(f"{name}_fq_out_hi", np.float32(1))
             xb = e.node(
                 "FakeQuantize",
                 [x, lo, hi, olo, ohi],
@@ -345,7 +369,7 @@ class BinaryOp(Op[Any]):
             minus_one = e.const(f"{name}_minus_one", np.float32(-1))
             xb = e.node("Where", [cond, one, minus_one], f"{name}_sign")
         if pad_value == 1 and any(pads):
-            xb = pad_with_ones(xb, "padded")
+            xb = pad_with(xb, "padded")
         weight = e.const(f"{name}_w", bits4.astype(np.float32))
         conv = e.node(
             "Conv",
