@@ -186,7 +186,8 @@ class Block(nn.Module):
         self.rsign = RSign(cin) if b.rsign and b.binary and plain_sign else None
         if self.rsign is not None:
             with torch.no_grad():
-                self.rsign.threshold.uniform_(-0.5, 0.5)
+                # beyond +-1 too: what pads a +1-padded layer must still binarize to +1
+                self.rsign.threshold.uniform_(-1.5, 1.5)
         self.act: nn.Module = {
             "none": nn.Identity(),
             "prelu": nn.PReLU(b.out),
