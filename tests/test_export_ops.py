@@ -95,6 +95,18 @@ def _bconv(cin: int, cout: int, k: int = 3, **kw: Any) -> BinaryConv2d:
     return BinaryConv2d(cin, cout, k, binarizer=STE, padding=k // 2, **kw)
 
 
+def _act_affine_bconv(scale: torch.Tensor, shift: torch.Tensor, k: int) -> Case:
+    """conv 8 -> 16, PReLU, x * scale + shift (per channel), a k x k binary conv."""
+    return Case(
+        lambda s, x: s.b(s.p(s.c(x)) * s.scale.view(1, -1, 1, 1) + s.shift.view(1, -1, 1, 1)),
+        c=nn.Conv2d(8, 16, 1),
+        p=_prelu(16),
+        b=_bconv(16, 16, k),
+        scale=scale,
+        shift=shift,
+    )
+
+
 #: name -> (model, input shape (C, H, W)): each op of part 2, in its variants
 CASES: dict[str, tuple[nn.Module, tuple[int, int, int]]] = {
     # pooling: max pads with -inf (the inputs are negative too), ceil_mode's extra window
@@ -216,16 +228,9 @@ CASES: dict[str, tuple[nn.Module, tuple[int, int, int]]] = {
     # all into the float conv's post-ops and binarized wrongly (fuzz suite, openvino
     # 2026.4); its export folds x * s + b into the threshold (fold_affine_into_thresholds)
     "act-affine-bconv": (
-        Case(
-            lambda s, x: s.b(s.p(s.c(x)) * s.scale.view(1, -1, 1, 1) + s.shift.view(1, -1, 1, 1)),
-            c=nn.Conv2d(8, 16, 1),
-            p=_prelu(16),
-            b=_bconv(16, 16, 1),
-            scale=torch.linspace(0.5, 1.5, 16),
-            shift=torch.linspace(-0.4, 0.4, 16),
-        ),
+        _act_affine_bconv(torch.linspace(0.5, 1.5, 16), torch.linspace(-0.4, 0.4, 16), 1),
         (8, 5, 5),
-    ),  # fmt: skip
+    ),
     # the same with ReLU6 and scales of both signs: x <= t where s < 0 (a reversed range)
     "act-affine-mixed-bconv": (
         Case(
@@ -252,28 +257,16 @@ CASES: dict[str, tuple[nn.Module, tuple[int, int, int]]] = {
     # OpenVINO's export pads the float input with a value binarizing to +1 (1.0 binarized
     # to -1 there); reversed and plain channels need different values (a select)
     "act-affine-large-bconv3": (
-        Case(
-            lambda s, x: s.b(s.p(s.c(x)) * s.scale.view(1, -1, 1, 1) + s.shift.view(1, -1, 1, 1)),
-            c=nn.Conv2d(8, 16, 1),
-            p=_prelu(16),
-            b=_bconv(16, 16, 3),
-            scale=torch.tensor([0.1, -0.1, 0.2, -0.25] * 4),
-            shift=torch.tensor([-0.3, -0.2, 0.25, 0.3] * 4),
+        _act_affine_bconv(
+            torch.tensor([0.1, -0.1, 0.2, -0.25] * 4), torch.tensor([-0.3, -0.2, 0.25, 0.3] * 4), 3
         ),
         (8, 5, 5),
-    ),  # fmt: skip
+    ),
     # the same with scales of one sign only: one pad value above every threshold
     "act-affine-large-positive-bconv3": (
-        Case(
-            lambda s, x: s.b(s.p(s.c(x)) * s.scale.view(1, -1, 1, 1) + s.shift.view(1, -1, 1, 1)),
-            c=nn.Conv2d(8, 16, 1),
-            p=_prelu(16),
-            b=_bconv(16, 16, 3),
-            scale=torch.linspace(0.1, 0.3, 16),
-            shift=torch.linspace(-0.4, 0.3, 16),
-        ),
+        _act_affine_bconv(torch.linspace(0.1, 0.3, 16), torch.linspace(-0.4, 0.3, 16), 3),
         (8, 5, 5),
-    ),  # fmt: skip
+    ),
     # RSign thresholds beyond +-1 before a +1-padded 3x3 binary conv (no affine folding)
     "rsign-large-bconv3": (
         Case(
