@@ -231,6 +231,13 @@ CASES: dict[str, tuple[nn.Module, tuple[int, int, int]]] = {
         _act_affine_bconv(torch.linspace(0.5, 1.5, 16), torch.linspace(-0.4, 0.4, 16), 1),
         (8, 5, 5),
     ),
+    # the same with ReActNet's RPReLU (its own + zeta is that per-channel Add; fuzz suite)
+    "act-rprelu-bconv": (
+        Case(
+            lambda s, x: s.b(s.a(s.c(x))), c=nn.Conv2d(8, 16, 1), a=_rprelu(16), b=_bconv(16, 16, 1)
+        ),
+        (8, 5, 5),
+    ),  # fmt: skip
     # the same with ReLU6 and scales of both signs: x <= t where s < 0 (a reversed range)
     "act-affine-mixed-bconv": (
         Case(

@@ -198,6 +198,12 @@ REGRESSIONS: list[ModelSpec] = [
                         replace(_b(57), binary=False, scale=True),
                         replace(_b(56), binary=False, scale=True, scale_mixed=True)),
               "blinear", 1, "equal_bits", 0, stem_kernel=1, stem_stride=1, stem_padding=0),
+    # a float conv, RPReLU (its + zeta: a per-channel Add), a 1x1 binary conv: OpenVINO's
+    # post-op fusion again (every output wrong); now zeta is folded into the threshold too
+    ModelSpec(1, 7, 1, (replace(_b(1, stride=2), binary=False, scale=True, pool="max"),
+                        replace(_b(8), binary=False, act="rprelu", scale=True),
+                        replace(_b(8, stride=2), scale=True)),
+              "gap", 1, "equal_bits", 0, stem_kernel=1, stem_stride=1, stem_padding=0),
 ]  # fmt: skip
 
 

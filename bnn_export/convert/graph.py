@@ -338,7 +338,9 @@ def fold_affine_into_thresholds(graph: Graph) -> Graph:
     binary layer binarizing with a sign or a threshold is folded into that layer's
     threshold: bit = +1 where s x + b >= t becomes x >= (t - b) / s, or x <= (t - b) / s
     for s < 0 (``ActivationExport.below``); a chain with a zero scale stays. The chain's
-    arithmetic and identity nodes go (its flattens stay).
+    arithmetic and identity nodes go (its flattens stay). An RPReLU at the chain's source
+    (or feeding the layer directly) gives its final ``+ zeta`` to the threshold too and
+    stays as ``prelu(x - gamma)``.
 
     For OpenVINO: its CPU plugin fuses an activation, such per-channel Multiply/Add and the
     binarizing FakeQuantize into the preceding convolution's post-ops and then binarizes
@@ -383,10 +385,24 @@ def fold_affine_into_thresholds(graph: Graph) -> Graph:
                 scale, shift = scale * mul, scale * add + shift
             chain.append(p)
             src = p.inputs[0] if p.inputs else ""
-        # a flatten nearest the source ends the chain unless constants lie beyond it
-        while chain and chain[-1].op == "flatten":
-            chain.pop()
-        if not any(p.op == "const_arith" for p in chain) or not (
+        # ReActNet's RPReLU ends in + zeta per channel, the same per-channel Add before
+        # FakeQuantize: its zeta folds too (the node stays, with zeta 0 and no Add)
+        r = by_name.get(src)
+        rprelu = (
+            r
+            if r is not None
+            and r.op == "rprelu"
+            and src != graph.output
+            and len(graph.consumers(src)) == 1
+            and np.any(r.attrs.zeta != 0)
+            else None
+        )
+        if rprelu is not None:
+            shift = scale * np.asarray(rprelu.attrs.zeta, np.float64)[index] + shift
+        else:  # a flatten nearest the source ends the chain unless constants lie beyond it
+            while chain and chain[-1].op == "flatten":
+                chain.pop()
+        if not (rprelu is not None or any(p.op == "const_arith" for p in chain)) or not (
             np.all(scale != 0) and np.all(np.isfinite(scale))
         ):
             continue
@@ -398,8 +414,13 @@ def fold_affine_into_thresholds(graph: Graph) -> Graph:
         activation = ActivationExport(
             "threshold", threshold=threshold, below=below if below.any() else None
         )
+        if rprelu is not None:
+            zeta = np.zeros_like(rprelu.attrs.zeta)
+            replaced[rprelu.name] = dataclasses.replace(
+                rprelu, attrs=dataclasses.replace(rprelu.attrs, zeta=zeta)
+            )
         # the chain's flattens stay, rewired past the constants that go
-        upstream = list(chain[-1].inputs)
+        upstream = list(chain[-1].inputs) if chain else list(b.inputs)
         for p in reversed(chain):
             if p.op == "flatten":
                 replaced[p.name] = dataclasses.replace(p, inputs=upstream)

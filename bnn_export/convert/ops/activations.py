@@ -255,6 +255,8 @@ class RPReLUOp(Op[RPReLUAttrs]):
             return fused
         gamma = e.const(f"{name}_gamma", channel_const(a.gamma, rank))
         x = e.node("Sub", [e.input(node), gamma], f"{name}_shifted")
+        if not np.any(a.zeta):  # zeta folded into the next binary layer's threshold
+            return _onnx_prelu(e, x, a.slope, rank, name, name)
         x = _onnx_prelu(e, x, a.slope, rank, name, f"{name}_prelu")
         return e.node("Add", [x, e.const(f"{name}_zeta", channel_const(a.zeta, rank))], name)
 
