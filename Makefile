@@ -58,10 +58,11 @@ pytest: setup
 test: lint typecheck pytest
 
 # `make test` as a machine without AVX-512 (e.g. AMD Zen 3) runs it: our binary kernels on
-# their avx2 variant (also in subprocesses and the onnxruntime op), torch's oneDNN on AVX2
-# code paths. onnxruntime's own float kernels still use what this CPU has (docs/testing.md).
+# their avx2 variant (also in subprocesses and the onnxruntime op), torch's oneDNN and
+# OpenVINO (oneDNN and its own kernels) on AVX2 code paths. onnxruntime's own float kernels
+# still use what this CPU has (docs/testing.md).
 test-avx2:
-	BNN_KERNEL=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(MAKE) test
+	BNN_KERNEL=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OV_CPU_MAX_ISA=AVX2 $(MAKE) test
 
 # The .onnx device path on aarch64, emulated: builds (first time ~10 min, then cached) an
 # aarch64 Debian userland in $(ARM_ROOTFS), installs bnn-export's sdist there and runs
@@ -71,12 +72,12 @@ test-arm: setup
 	BNN_EXPORT_ARM_ROOTFS=$(abspath $(ARM_ROOTFS)) $(PY) -m pytest -q -rs tests/test_arm_userland.py $(PYTEST_ARGS)
 
 # On an AVX-512 machine the kernel table runs twice: as it is, and as an AVX2-only CPU
-# (our avx2 variant, OpenVINO's oneDNN limited to AVX2).
+# (our avx2 variant, OpenVINO limited to AVX2: oneDNN and its own kernels).
 bench: setup
 	$(PY) -m benchmarks.bench_kernels
 	@if grep -q avx512_vpopcntdq /proc/cpuinfo 2>/dev/null; then \
-	  echo "== as an AVX2-only CPU: BNN_KERNEL=avx2 ONEDNN_MAX_CPU_ISA=AVX2 =="; \
-	  BNN_KERNEL=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m benchmarks.bench_kernels; fi
+	  echo "== as an AVX2-only CPU: BNN_KERNEL=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OV_CPU_MAX_ISA=AVX2 =="; \
+	  BNN_KERNEL=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OV_CPU_MAX_ISA=AVX2 $(PY) -m benchmarks.bench_kernels; fi
 	$(PY) -m benchmarks.bench_e2e
 	$(PY) -m benchmarks.bench_modeled
 	$(PY) -m benchmarks.bench_imagenet

@@ -12,8 +12,10 @@ onnxruntime custom-op route (a 1x1 op on a 1x32x1x1 tensor).
 
 Also every kernel variant this CPU has, called directly (`direct <variant>`): on an AVX-512
 machine that includes `direct avx2`, the variant an AVX2-only CPU (AMD Zen 3, Intel client
-CPUs) runs. For OpenVINO's AVX2 code path as well, run with ONEDNN_MAX_CPU_ISA=AVX2 (its
-CPU plugin honours it; onnxruntime's float kernels do not). On a busy machine add
+CPUs) runs. For OpenVINO's AVX2 code path as well, run with ONEDNN_MAX_CPU_ISA=AVX2 and
+OV_CPU_MAX_ISA=AVX2 (the first caps its oneDNN kernels, the second its own FakeQuantize and
+BinaryConvolution; runners.openvino_core sets the second from the first; onnxruntime's
+float kernels honour neither). On a busy machine add
 --cpu-time: per-run process CPU time instead of wall time (1 thread: all engines compute
 in-process), which leaves out the time the process waits for a core.
 

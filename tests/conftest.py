@@ -115,9 +115,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     except (native.NativeLibraryError, native.KernelError) as exc:
         return [f"bnn kernel: {exc}"]
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "unset")
+    ov_isa = os.environ.get("OV_CPU_MAX_ISA") or (isa if isa != "unset" else "unset")
     return [
         f"bnn kernel: {name} (BNN_KERNEL={_requested_kernel()}, available: {available}); "
-        f"ONEDNN_MAX_CPU_ISA={isa}"
+        f"ONEDNN_MAX_CPU_ISA={isa}; OV_CPU_MAX_ISA={ov_isa}"
     ]
 
 

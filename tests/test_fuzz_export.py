@@ -10,10 +10,11 @@ All TFLite conversions of a run share one LCE child process (``LceServer``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -53,6 +54,29 @@ def _settings(n: int) -> settings:
                     print_blob=True)  # fmt: skip
 
 
+def openvino_layer_outputs(
+    exposed: onnx.ModelProto, layers: Iterable[str], x: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Each binary layer's ``_binput`` and ``_acc`` through OpenVINO, one model per layer:
+    the exported graph up to that layer, with those two outputs only.
+
+    All layers exposed in one model give extra consumers to float tensors, and OpenVINO
+    2026.4's AVX2 code path (``make test-avx2``: OV_CPU_MAX_ISA=AVX2 on an AVX-512 CPU)
+    then picks blocked layouts it cannot run a FakeQuantize -> BinaryConvolution from:
+    "unsupported reorder case" at compile time, or garbage in every output. The model users run is checked
+    whole (logits and BinaryConvolution count) before this."""
+    out: dict[str, np.ndarray] = {}
+    for name in layers:
+        wanted = (f"{name}_binput", f"{name}_acc")
+        prefix = onnx.ModelProto()
+        prefix.CopyFrom(exposed)
+        keep = [o for o in prefix.graph.output if o.name in wanted]
+        del prefix.graph.output[:]
+        prefix.graph.output.extend(keep)  # OpenVINO drops the nodes no output needs
+        out.update(OpenVinoRunner(prefix.SerializeToString()).outputs(x))
+    return out
+
+
 def onnx_parity(spec: ModelSpec, drawn: bool = False) -> None:
     model = build_model(spec)
     x = inputs(spec, N_INPUTS)
@@ -70,17 +94,17 @@ def onnx_parity(spec: ModelSpec, drawn: bool = False) -> None:
         check_parity(runner.predict(x), ref32, ref64, f"onnx/{target}")
         if target == "reference":  # its accumulator is a float Conv: checked via logits
             continue
-        # bit-exact: each binary layer's integer accumulator, exposed as an extra output
-        # and computed by the target's own binary kernel, on what that layer binarized
-        exposed = to_onnx(graph, target=target, accumulators=True).SerializeToString()
-        acc_runner: OpenVinoRunner | OnnxRuntimeRunner = (
-            OpenVinoRunner(exposed) if target == "openvino" else OnnxRuntimeRunner(exposed)
-        )
         if target == "openvino":  # the kernel under test really is BinaryConvolution
-            ops = acc_runner.info["runtime_ops"]
+            ops = runner.info["runtime_ops"]
             binary = len(graph.binary_nodes()) - len(openvino_float_layers(graph))
             assert ops.get("BinaryConvolution", 0) == binary, ops
-        outputs = acc_runner.outputs(x[:N_EXACT])
+        # bit-exact: each binary layer's integer accumulator, exposed as an extra output
+        # and computed by the target's own binary kernel, on what that layer binarized
+        exposed = to_onnx(graph, target=target, accumulators=True)
+        if target == "openvino":
+            outputs = openvino_layer_outputs(exposed, exact.layers, x[:N_EXACT])
+        else:
+            outputs = OnnxRuntimeRunner(exposed.SerializeToString()).outputs(x[:N_EXACT])
         exact.check(outputs, f"onnx/{target}")
     # the numpy reference of our op, in onnx's ReferenceEvaluator, on a few inputs
     from onnx.reference import ReferenceEvaluator
@@ -202,6 +226,14 @@ REGRESSIONS: list[ModelSpec] = [
     # post-op fusion again (every output wrong); now zeta is folded into the threshold too
     ModelSpec(1, 7, 1, (replace(_b(1, stride=2), binary=False, scale=True, pool="max"),
                         replace(_b(8), binary=False, act="rprelu", scale=True),
+                        replace(_b(8, stride=2), scale=True)),
+              "gap", 1, "equal_bits", 0, stem_kernel=1, stem_stride=1, stem_padding=0),
+    # openvino under `make test-avx2` (ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 CPU), exposed
+    # accumulators: "Reorder node ... u1_aBcd16b_acdb ... unsupported reorder case". Only
+    # oneDNN was capped (runners.openvino_core now caps OpenVINO's own kernels too); fully
+    # capped, all accumulators exposed at once still made garbage: now one model per layer
+    # (openvino_layer_outputs)
+    ModelSpec(1, 6, 1, (replace(_b(8), kernel=3, pool="max", act="prelu", scale=True),
                         replace(_b(8, stride=2), scale=True)),
               "gap", 1, "equal_bits", 0, stem_kernel=1, stem_stride=1, stem_padding=0),
 ]  # fmt: skip

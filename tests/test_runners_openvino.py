@@ -9,6 +9,7 @@ after tests/test_fuzz_export.py. Runners now share one Core (``openvino_core``).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -76,3 +77,46 @@ def test_runners_share_one_core() -> None:
     from bnn_export.runtime.runners import openvino_core
 
     assert openvino_core() is openvino_core()
+
+
+ISA_CHILD = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from tests.fuzz_models import build_model, input_shape
+    from tests.test_fuzz_export import REGRESSIONS
+    from bnn_export.convert.graph import graph_from_torch
+    from bnn_export.convert.onnx_export import openvino_float_layers, to_onnx
+    from bnn_export.runtime.runners import OpenVinoRunner
+
+    for spec in REGRESSIONS:  # the first with a layer OpenVINO runs as BinaryConvolution
+        graph = graph_from_torch(build_model(spec), input_shape(spec))
+        if len(openvino_float_layers(graph)) < len(graph.binary_nodes()):
+            break
+    runner = OpenVinoRunner(to_onnx(graph, target="openvino").SerializeToString())
+    for op in runner.compiled.get_runtime_model().get_ops():
+        rt = op.get_rt_info()
+        if rt["layerType"].astype(str) in ("BinaryConvolution", "FakeQuantize", "Convolution"):
+            print(rt["layerType"].astype(str), rt["primitiveType"].astype(str))
+    """
+)
+
+
+def test_onednn_isa_cap_also_caps_openvinos_own_kernels() -> None:
+    """``ONEDNN_MAX_CPU_ISA=AVX2`` alone left OpenVINO's own kernels (FakeQuantize,
+    BinaryConvolution) on AVX-512 while oneDNN's ran AVX2: `make test-avx2` and the AVX2
+    benchmark timed OpenVINO's AVX-512 binary convolution, and mixed 8/16-channel layouts
+    failed to compile. ``openvino_core`` sets ``OV_CPU_MAX_ISA`` to the same cap."""
+    env = {k: v for k, v in os.environ.items() if k != "OV_CPU_MAX_ISA"}
+    env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    proc = subprocess.run(
+        [sys.executable, "-c", ISA_CHILD, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-2000:])
+    kernels = proc.stdout.split()
+    assert "BinaryConvolution" in kernels and "FakeQuantize" in kernels, proc.stdout
+    assert not [k for k in kernels if "avx512" in k], proc.stdout

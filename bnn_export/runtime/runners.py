@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,17 @@ def openvino_core() -> Any:
     a younger one is alive puts back a stack that is already freed. The next signal with a
     handler on the main thread (e.g. SIGCHLD once a torch ``DataLoader`` has had workers)
     then kills the process with SIGSEGV (tests/test_runners_openvino.py reproduces it).
+
+    ``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``, to run as a CPU without AVX-512 would) caps only
+    the oneDNN part of OpenVINO's CPU plugin; its own kernels (BinaryConvolution,
+    FakeQuantize) read ``OV_CPU_MAX_ISA``. Half-capped, the plugin mixes 8- and 16-channel
+    blocked layouts and can fail to compile ("unsupported reorder case"), and its binary
+    convolution still runs AVX-512 code. Where only the oneDNN variable is set, the Core is
+    created with ``OV_CPU_MAX_ISA`` set to the same value.
     """
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    if isa and not os.environ.get("OV_CPU_MAX_ISA"):
+        os.environ["OV_CPU_MAX_ISA"] = isa
     import openvino as ov
 
     return ov.Core()
