@@ -73,6 +73,17 @@ def _rprelu(c: int) -> RPReLU:
     return m
 
 
+def _bn(c: int, gamma: tuple[float, float] = (0.5, 1.5)) -> nn.BatchNorm2d:
+    """Batch norm (evaluation mode) with trained-looking statistics."""
+    m = nn.BatchNorm2d(c)
+    with torch.no_grad():
+        m.weight.copy_(torch.linspace(*gamma, c))
+        m.bias.copy_(torch.linspace(0.3, -0.3, c))
+        m.running_mean.copy_(torch.linspace(-0.2, 0.2, c))
+        m.running_var.copy_(torch.linspace(0.5, 2.0, c))
+    return m.eval()
+
+
 def _prelu(c: int) -> nn.PReLU:
     m = nn.PReLU(c)
     with torch.no_grad():
@@ -235,6 +246,17 @@ CASES: dict[str, tuple[nn.Module, tuple[int, int, int]]] = {
     "act-rprelu-bconv": (
         Case(
             lambda s, x: s.b(s.a(s.c(x))), c=nn.Conv2d(8, 16, 1), a=_rprelu(16), b=_bconv(16, 16, 1)
+        ),
+        (8, 5, 5),
+    ),  # fmt: skip
+    # the same with a batch norm after the activation (XNOR-Net's BN before the sign),
+    # gammas of both signs
+    "act-bn-bconv": (
+        Case(
+            lambda s, x: s.b(s.n(F.relu6(s.c(x)))),
+            c=nn.Conv2d(8, 16, 1),
+            n=_bn(16, (-1.0, 1.5)),
+            b=_bconv(16, 16, 1),
         ),
         (8, 5, 5),
     ),  # fmt: skip

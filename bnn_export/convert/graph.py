@@ -334,7 +334,7 @@ def _affine_step(op: str, reverse: bool, v: np.ndarray) -> tuple[np.ndarray, np.
 
 def fold_affine_into_thresholds(graph: Graph) -> Graph:
     """A copy of ``graph`` in which every chain of per-channel constant arithmetic
-    (``x * s + b``, ``x - c``, ...; through identities and flattens) that feeds only a
+    (``x * s + b``, ``x - c``, batch norm, ...; through identities and flattens) that feeds only a
     binary layer binarizing with a sign or a threshold is folded into that layer's
     threshold: bit = +1 where s x + b >= t becomes x >= (t - b) / s, or x <= (t - b) / s
     for s < 0 (``ActivationExport.below``); a chain with a zero scale stays. The chain's
@@ -368,7 +368,7 @@ def fold_affine_into_thresholds(graph: Graph) -> Graph:
             p = by_name.get(src)
             if (
                 p is None
-                or p.op not in ("const_arith", "identity", "flatten")
+                or p.op not in ("const_arith", "bn", "identity", "flatten")
                 or src == graph.output
                 or len(graph.consumers(src)) != 1
             ):
@@ -383,6 +383,9 @@ def fold_affine_into_thresholds(graph: Graph) -> Graph:
                     break
                 mul, add = step  # u = mul * x + add
                 scale, shift = scale * mul, scale * add + shift
+            elif p.op == "bn":  # batch norm (evaluation): u = a x + b per channel
+                a, bias = (np.asarray(v, np.float64) for v in p.attrs.folded())
+                scale, shift = scale * a[index], scale * bias[index] + shift
             chain.append(p)
             src = p.inputs[0] if p.inputs else ""
         # ReActNet's RPReLU ends in + zeta per channel, the same per-channel Add before
@@ -402,7 +405,7 @@ def fold_affine_into_thresholds(graph: Graph) -> Graph:
         else:  # a flatten nearest the source ends the chain unless constants lie beyond it
             while chain and chain[-1].op == "flatten":
                 chain.pop()
-        if not (rprelu is not None or any(p.op == "const_arith" for p in chain)) or not (
+        if not (rprelu is not None or any(p.op in ("const_arith", "bn") for p in chain)) or not (
             np.all(scale != 0) and np.all(np.isfinite(scale))
         ):
             continue
