@@ -28,21 +28,48 @@ def openvino_channels_ok(in_shape: Shape) -> bool:
     return in_shape[1] % OPENVINO_CHANNEL_MULTIPLE == 0
 
 
+#: Output columns OpenVINO's CPU BinaryConvolution kernel computes per step: 4 with AVX-512,
+#: 2 with AVX2 or SSE4.1. Its zero-padding limits depend on it; an export must compile on
+#: either (the same .onnx runs on AVX2-only and AVX-512 CPUs).
+OPENVINO_BCONV_STEPS = (4, 2)
+
+
+def openvino_zero_padding_ok(
+    a: ConvGeometry, in_shape: Shape, steps: tuple[int, ...] = OPENVINO_BCONV_STEPS
+) -> bool:
+    """Whether OpenVINO's CPU plugin compiles a zero-padded BinaryConvolution of this
+    geometry on AVX-512 and AVX2 CPUs alike. Its kernel takes at most one step's worth of
+    left padding and of right overhang (columns read beyond the input by the last full
+    step), and a kernel wider than 7 with top/left padding only at stride 1; otherwise
+    "BinaryConvolution ... has unsupported parameters" at compile time (found by the fuzz
+    suite: 5x5 dilation 2 'same' on 5x5, pad 4, fails with AVX2's 2-column steps and
+    compiles with AVX-512's 4). ``steps``: the kernel step widths to allow for."""
+    (kh, kw), (sh, sw), (ph, pw), (_, dw) = a.kernel, a.stride, a.padding, a.dilation
+    iw = in_shape[3]
+    ow = conv_output_size(iw, kw, sw, pw, pw, dw)
+    if ow < 1 or conv_output_size(in_shape[2], kh, sh, ph, ph, a.dilation[0]) < 1:
+        return False
+    for step in steps:
+        ur_w = min(step, ow)
+        last_full = ow - ow % ur_w - 1  # the last column of the last full step
+        overhang = max(0, last_full * sw + (kw - 1) * dw - (iw + pw - 1))
+        if pw > ur_w or overhang > ur_w:
+            return False
+        if kw > 7 and (ph or pw) and (sh, sw) != (1, 1):
+            return False
+    return True
+
+
 def openvino_conv_ok(a: ConvGeometry, pad_value: float, in_shape: Shape) -> bool:
     """OpenVINO's CPU plugin fuses FakeQuantize + Conv into BinaryConvolution only for
     ungrouped convs (grouped ones run as a float GroupConvolution: found by the fuzz
-    suite's runtime-op check), compiles it only with an output no smaller than the zero
-    padding, and computes it right only for channels a multiple of 8."""
+    suite's runtime-op check), compiles it only within its zero-padding limits
+    (``openvino_zero_padding_ok``; a +1 pad is explicit, before the FakeQuantize), and
+    computes it right only for channels a multiple of 8."""
     if int(a.groups) > 1:
         return False
-    if float(pad_value) == 0.0:
-        # zero padding stays in the Conv; OpenVINO's CPU plugin refuses to compile a
-        # BinaryConvolution whose output is smaller than its padding ("has unsupported
-        # parameters", e.g. 5x5 dilation 2 'same' on a 5x5 map; found by the fuzz suite)
-        for i in range(2):
-            k, s, p, d = a.kernel[i], a.stride[i], a.padding[i], a.dilation[i]
-            if conv_output_size(in_shape[2 + i], k, s, p, p, d) < p:
-                return False
+    if float(pad_value) == 0.0 and not openvino_zero_padding_ok(a, in_shape):
+        return False
     return openvino_channels_ok(in_shape)
 
 
