@@ -262,18 +262,14 @@ def ort_float_session(model: onnx.ModelProto, threads: int) -> Any:
 
 
 def openvino_compiled(model: onnx.ModelProto, threads: int) -> tuple[Any, list[str]]:
-    from bnn_export.runtime.runners import openvino_core
+    from bnn_export.runtime.runners import openvino_core, openvino_runtime_kernels
 
     core = openvino_core()
     ov_model = core.read_model(model.SerializeToString(), b"")
     compiled = core.compile_model(
         ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
     )
-    types = [
-        op.get_rt_info()["layerType"].astype(str)
-        for op in compiled.get_runtime_model().get_ordered_ops()
-    ]
-    return compiled, types
+    return compiled, [layer for layer, _ in openvino_runtime_kernels(compiled)]
 
 
 # --------------------------------------------------------------------------- LCE

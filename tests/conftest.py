@@ -115,7 +115,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     except (native.NativeLibraryError, native.KernelError) as exc:
         return [f"bnn kernel: {exc}"]
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "unset")
-    ov_isa = os.environ.get("OV_CPU_MAX_ISA") or (isa if isa != "unset" else "unset")
+    ov_isa = os.environ.get("OV_CPU_MAX_ISA") or isa  # openvino_core derives it from isa
     return [
         f"bnn kernel: {name} (BNN_KERNEL={_requested_kernel()}, available: {available}); "
         f"ONEDNN_MAX_CPU_ISA={isa}; OV_CPU_MAX_ISA={ov_isa}"

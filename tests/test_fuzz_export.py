@@ -63,8 +63,8 @@ def openvino_layer_outputs(
     All layers exposed in one model give extra consumers to float tensors, and OpenVINO
     2026.4's AVX2 code path (``make test-avx2``: OV_CPU_MAX_ISA=AVX2 on an AVX-512 CPU)
     then picks blocked layouts it cannot run a FakeQuantize -> BinaryConvolution from:
-    "unsupported reorder case" at compile time, or garbage in every output. The model users run is checked
-    whole (logits and BinaryConvolution count) before this."""
+    "unsupported reorder case" at compile time, or garbage in every output. The model users
+    run is checked whole (logits and BinaryConvolution count) before this."""
     out: dict[str, np.ndarray] = {}
     for name in layers:
         wanted = (f"{name}_binput", f"{name}_acc")

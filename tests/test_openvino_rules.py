@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bnn_export.convert.ops.float_layers import ConvGeometry
-from bnn_export.convert.ops.runtime_rules import openvino_zero_padding_ok
+from bnn_export.convert.ops.runtime_rules import OPENVINO_BCONV_STEPS, openvino_zero_padding_ok
 
 pytest.importorskip("openvino")
 
@@ -42,7 +42,8 @@ CHILD = textwrap.dedent(
     from bnn_export.convert.onnx_export import openvino_float_layers, to_onnx
     from bnn_export.convert.ops import runtime_rules
     from bnn_export.errors import BnnExportError
-    from bnn_export.runtime.runners import OnnxRuntimeRunner, OpenVinoRunner
+    from bnn_export.runtime.runners import (
+        OnnxRuntimeRunner, OpenVinoRunner, openvino_runtime_kernels)
 
     rule = runtime_rules.openvino_zero_padding_ok
     out = []
@@ -69,9 +70,8 @@ CHILD = textwrap.dedent(
         try:
             forced = OpenVinoRunner(to_onnx(graph, target="openvino").SerializeToString())
             kernels = [
-                op.get_rt_info()["primitiveType"].astype(str)
-                for op in forced.compiled.get_runtime_model().get_ops()
-                if op.get_rt_info()["layerType"].astype(str) == "BinaryConvolution"
+                kernel for layer, kernel in openvino_runtime_kernels(forced.compiled)
+                if layer == "BinaryConvolution"
             ]
             row["forced"] = kernels[0] if kernels else "none"
         except BnnExportError:
@@ -92,11 +92,8 @@ def _geometry(k: int, s: int, d: int) -> ConvGeometry:
     return ConvGeometry(kernel=(k, k), stride=(s, s), padding=(p, p), dilation=(d, d), groups=1)
 
 
-def _rule(k: int, s: int, d: int, size: int, steps: tuple[int, ...] | None = None) -> bool:
-    shape = (1, 8, size, size)
-    if steps is None:
-        return openvino_zero_padding_ok(_geometry(k, s, d), shape)
-    return openvino_zero_padding_ok(_geometry(k, s, d), shape, steps)
+def _rule(k: int, s: int, d: int, size: int, steps: tuple[int, ...] = OPENVINO_BCONV_STEPS) -> bool:
+    return openvino_zero_padding_ok(_geometry(k, s, d), (1, 8, size, size), steps)
 
 
 def test_rule_on_known_geometries() -> None:

@@ -87,17 +87,16 @@ ISA_CHILD = textwrap.dedent(
     from tests.test_fuzz_export import REGRESSIONS
     from bnn_export.convert.graph import graph_from_torch
     from bnn_export.convert.onnx_export import openvino_float_layers, to_onnx
-    from bnn_export.runtime.runners import OpenVinoRunner
+    from bnn_export.runtime.runners import OpenVinoRunner, openvino_runtime_kernels
 
     for spec in REGRESSIONS:  # the first with a layer OpenVINO runs as BinaryConvolution
         graph = graph_from_torch(build_model(spec), input_shape(spec))
         if len(openvino_float_layers(graph)) < len(graph.binary_nodes()):
             break
     runner = OpenVinoRunner(to_onnx(graph, target="openvino").SerializeToString())
-    for op in runner.compiled.get_runtime_model().get_ops():
-        rt = op.get_rt_info()
-        if rt["layerType"].astype(str) in ("BinaryConvolution", "FakeQuantize", "Convolution"):
-            print(rt["layerType"].astype(str), rt["primitiveType"].astype(str))
+    for layer, kernel in openvino_runtime_kernels(runner.compiled):
+        if layer in ("BinaryConvolution", "FakeQuantize", "Convolution"):
+            print(layer, kernel)
     """
 )
 

@@ -334,9 +334,9 @@ def _affine_step(op: str, reverse: bool, v: np.ndarray) -> tuple[np.ndarray, np.
 
 def fold_affine_into_thresholds(graph: Graph) -> Graph:
     """A copy of ``graph`` in which every chain of per-channel constant arithmetic
-    (``x * s + b``, ``x - c``, batch norm, ...; through identities and flattens) that feeds only a
-    binary layer binarizing with a sign or a threshold is folded into that layer's
-    threshold: bit = +1 where s x + b >= t becomes x >= (t - b) / s, or x <= (t - b) / s
+    (``x * s + b``, ``x - c``, batch norm, ...; through identities and flattens) that
+    feeds only a binary layer binarizing with a sign or a threshold is folded into that
+    layer's threshold: bit = +1 where s x + b >= t becomes x >= (t - b) / s, or x <= (t - b) / s
     for s < 0 (``ActivationExport.below``); a chain with a zero scale stays. The chain's
     arithmetic and identity nodes go (its flattens stay). An RPReLU at the chain's source
     (or feeding the layer directly) gives its final ``+ zeta`` to the threshold too and
@@ -354,6 +354,10 @@ def fold_affine_into_thresholds(graph: Graph) -> Graph:
     by_name = {n.name: n for n in graph.nodes}
     removed: set[str] = set()
     replaced: dict[str, Node] = {}
+
+    def feeds_only_its_consumer(name: str) -> bool:
+        return name != graph.output and len(graph.consumers(name)) == 1
+
     for b in graph.binary_nodes():
         act = b.attrs.activation
         if act.kind not in ("sign", "threshold") or not b.inputs:
@@ -369,8 +373,7 @@ def fold_affine_into_thresholds(graph: Graph) -> Graph:
             if (
                 p is None
                 or p.op not in ("const_arith", "bn", "identity", "flatten")
-                or src == graph.output
-                or len(graph.consumers(src)) != 1
+                or not feeds_only_its_consumer(src)
             ):
                 break
             if p.op == "flatten":  # kept; the constants before it are per channel
@@ -395,8 +398,7 @@ def fold_affine_into_thresholds(graph: Graph) -> Graph:
             r
             if r is not None
             and r.op == "rprelu"
-            and src != graph.output
-            and len(graph.consumers(src)) == 1
+            and feeds_only_its_consumer(src)
             and np.any(r.attrs.zeta != 0)
             else None
         )

@@ -49,6 +49,16 @@ def openvino_core() -> Any:
     return ov.Core()
 
 
+def openvino_runtime_kernels(compiled: Any) -> list[tuple[str, str]]:
+    """(layer type, kernel) of every node of a compiled OpenVINO model's runtime graph, in
+    execution order, e.g. ``("BinaryConvolution", "jit_avx2_u1")``."""
+    kernels = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        kernels.append((rt["layerType"].astype(str), rt["primitiveType"].astype(str)))
+    return kernels
+
+
 @dataclass
 class Runner:
     name: str
@@ -160,10 +170,7 @@ class OpenVinoRunner(Runner):
             tuple(shape),
             init_seconds=time.perf_counter() - t0,
         )
-        ops = [
-            op.get_rt_info()["layerType"].astype(str)
-            for op in self.compiled.get_runtime_model().get_ops()
-        ]
+        ops = [layer for layer, _ in openvino_runtime_kernels(self.compiled)]
         self.info["runtime_ops"] = {t: ops.count(t) for t in sorted(set(ops))}
         if snippets != "default":
             self.info["snippets"] = snippets

@@ -49,13 +49,13 @@ def openvino_zero_padding_ok(
     ow = conv_output_size(iw, kw, sw, pw, pw, dw)
     if ow < 1 or conv_output_size(in_shape[2], kh, sh, ph, ph, a.dilation[0]) < 1:
         return False
+    if kw > 7 and (ph or pw) and (sh, sw) != (1, 1):
+        return False
     for step in steps:
         ur_w = min(step, ow)
         last_full = ow - ow % ur_w - 1  # the last column of the last full step
         overhang = max(0, last_full * sw + (kw - 1) * dw - (iw + pw - 1))
         if pw > ur_w or overhang > ur_w:
-            return False
-        if kw > 7 and (ph or pw) and (sh, sw) != (1, 1):
             return False
     return True
 
