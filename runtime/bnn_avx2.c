@@ -22,10 +22,9 @@ static int avx2_supported(void) {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
 }
 
-static void avx2_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, int64_t y0,
-                           int64_t y1) {
+static void avx2_pack_rows(const bnn_plan* p, const float* x, const float* t, uint64_t* pin,
+                           int64_t y0, int64_t y1) {
   const int64_t hw = p->h * p->w, cw = p->cw64, W = p->w;
-  const __m256 zero = _mm256_setzero_ps();
   for (int64_t yy = y0; yy < y1; yy++) {
     uint64_t* row = pin + ((yy + p->pt) * p->wp + p->pl) * cw;
     for (int64_t j = 0; j < cw; j++) {
@@ -44,9 +43,10 @@ static void avx2_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, int
           /* 64 channel planes are read in parallel, too many streams for the hardware
            * prefetchers: fetch the same pixels of this channel's next row */
           if ((x0 & 15) == 0) _mm_prefetch((const char*)(src + W), _MM_HINT_T0);
-          /* !(v >= 0): all-ones for negatives and NaN, widened to 64-bit lanes */
+          /* !(v >= t): all-ones below the threshold and for NaN, widened to 64-bit lanes */
           __m256 v = nx == 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, lm);
-          __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_NGE_UQ));
+          const __m256 thr = _mm256_set1_ps(t ? t[c0 + c] : 0.0f);
+          __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(v, thr, _CMP_NGE_UQ));
           __m256i bit = _mm256_set1_epi64x((long long)(UINT64_C(1) << c));
           __m256i n0 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(neg));
           __m256i n1 = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(neg, 1));

@@ -19,10 +19,9 @@ static int avx512_supported(void) {
          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vpopcntdq");
 }
 
-static void avx512_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, int64_t y0,
-                             int64_t y1) {
+static void avx512_pack_rows(const bnn_plan* p, const float* x, const float* t, uint64_t* pin,
+                             int64_t y0, int64_t y1) {
   const int64_t hw = p->h * p->w, cw = p->cw64, W = p->w;
-  const __m512 zero = _mm512_setzero_ps();
   uint64_t tmp[16];
   for (int64_t yy = y0; yy < y1; yy++) {
     uint64_t* row = pin + ((yy + p->pt) * p->wp + p->pl) * cw;
@@ -39,8 +38,9 @@ static void avx512_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, i
            * prefetchers: fetch the same pixels of this channel's next row */
           _mm_prefetch((const char*)(src + W), _MM_HINT_T0);
           __m512 v = _mm512_maskz_loadu_ps(lm, src);
-          /* !(v >= 0): true for negatives and NaN */
-          __mmask16 m = _mm512_mask_cmp_ps_mask(lm, v, zero, _CMP_NGE_UQ);
+          /* !(v >= t): true below the threshold and for NaN */
+          const __m512 thr = _mm512_set1_ps(t ? t[c0 + c] : 0.0f);
+          __mmask16 m = _mm512_mask_cmp_ps_mask(lm, v, thr, _CMP_NGE_UQ);
           __m512i bit = _mm512_set1_epi64((long long)(UINT64_C(1) << c));
           a0 = _mm512_mask_or_epi64(a0, (__mmask8)m, a0, bit);
           a1 = _mm512_mask_or_epi64(a1, (__mmask8)(m >> 8), a1, bit);

@@ -447,28 +447,10 @@ static void task_pack(void* arg, size_t idx) {
   int64_t y0 = rc * r->row_step, y1 = y0 + r->row_step < p->h ? y0 + r->row_step : p->h;
   if (y0 >= y1) return;
   const float* x = r->x + (n * p->c + g * p->cg) * p->h * p->w;
-  if (!r->threshold) {
-    r->v->pack_rows(p, x, r->pin + img * r->pin_stride, y0, y1);
-    return;
-  }
-  /* per-channel threshold: rows [y0, y1) become +-1 (x >= t[c], NaN -> -1) in a scratch
-   * image of the same layout (only those rows are touched), which the variant's vector
-   * pack then binarizes at 0: no float op before the layer, one pass in cache */
-  const int64_t hw = p->h * p->w;
-  float* tmp = malloc((size_t)(p->cg * hw) * sizeof(float));
-  if (!tmp) {
-    __atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
-    return;
-  }
-  const float* t = r->threshold + g * p->cg;
-  for (int64_t c = 0; c < p->cg; c++) {
-    const float* src = x + c * hw + y0 * p->w;
-    float* dst = tmp + c * hw + y0 * p->w;
-    const float tc = t[c];
-    for (int64_t i = 0; i < (y1 - y0) * p->w; i++) dst[i] = src[i] >= tc ? 1.0f : -1.0f;
-  }
-  r->v->pack_rows(p, tmp, r->pin + img * r->pin_stride, y0, y1);
-  free(tmp);
+  /* a per-channel threshold is compared in the variant's pack itself (x >= t[c]): no
+   * float op before the layer, no scratch image */
+  const float* t = r->threshold ? r->threshold + g * p->cg : NULL;
+  r->v->pack_rows(p, x, t, r->pin + img * r->pin_stride, y0, y1);
 }
 
 /* (t < 0) ? st : t as a bit select: exactly one of the two values (NaN t: t), written so
@@ -749,10 +731,10 @@ int bnn_conv2d_fused_ex(const bnn_conv_plan* plan, const bnn_conv_params* p, con
 
 int bnn_conv2d_with_variant(const bnn_variant* v, const bnn_conv_params* p, const float* x,
                             const uint32_t* w, const float* multiplier, const float* bias,
-                            float* y) {
+                            const float* threshold, float* y) {
   int one = 1;
-  const bnn_fusion none = {NULL, NULL, NULL, NULL, NULL};
-  return run(v, p, x, w, multiplier, bias, &none, y, pthread_parallel_for, &one, 1);
+  const bnn_fusion f = {threshold, NULL, NULL, NULL, NULL};
+  return run(v, p, x, w, multiplier, bias, &f, y, pthread_parallel_for, &one, 1);
 }
 
 int bnn_conv2d(const bnn_conv_params* p, const float* x, const uint32_t* w,
@@ -790,8 +772,8 @@ int bnn_conv2d_fused(const bnn_conv_params* p, const float* x, const uint32_t* w
 #define PORT_L 8
 #define PORT_NB 4
 
-static void portable_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, int64_t y0,
-                               int64_t y1) {
+static void portable_pack_rows(const bnn_plan* p, const float* x, const float* t,
+                               uint64_t* pin, int64_t y0, int64_t y1) {
   const int64_t hw = p->h * p->w, cw = p->cw64;
   for (int64_t yy = y0; yy < y1; yy++) {
     uint64_t* row = pin + ((yy + p->pt) * p->wp + p->pl) * cw;
@@ -799,9 +781,10 @@ static void portable_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin,
       for (int64_t j = 0; j < cw; j++) row[xx * cw + j] = 0;
     for (int64_t c = 0; c < p->cg; c++) {
       const float* src = x + c * hw + yy * p->w;
-      uint64_t bit = UINT64_C(1) << (c % 64);
+      const uint64_t bit = UINT64_C(1) << (c % 64);
+      const float tc = t ? t[c] : 0.0f;
       for (int64_t xx = 0; xx < p->w; xx++)
-        if (!(src[xx] >= 0.0f)) row[xx * cw + c / 64] |= bit;
+        if (!(src[xx] >= tc)) row[xx * cw + c / 64] |= bit;
     }
   }
 }

@@ -60,8 +60,10 @@ typedef struct bnn_variant {
   int kv;     /* k words per lane group (1 or 2), see the layouts above */
   int (*supported)(void);
   /* Pack channels [0, cg) of rows [y0, y1) of one (n, g) image x (channel stride h*w)
-   * into the interior of pin. */
-  void (*pack_rows)(const bnn_plan* p, const float* x, uint64_t* pin, int64_t y0, int64_t y1);
+   * into the interior of pin: bit 0 (+1) where x >= t[c], bit 1 (-1) otherwise and for
+   * NaN; t is the group's per-channel thresholds, or NULL for 0. */
+  void (*pack_rows)(const bnn_plan* p, const float* x, const float* t, uint64_t* pin,
+                    int64_t y0, int64_t y1);
   /* Compute output for pixel blocks [blk0, blk0 + nblk) and output-channel blocks
    * [ob0, ob1) (of NB channels each) of group g; a holds the pixel blocks' transposed
    * im2col. y points at y[n] (NCHW). */
@@ -89,9 +91,9 @@ extern const bnn_variant bnn_variant_avx512;
 extern const bnn_variant bnn_variant_neon;
 #endif
 
-/* Test hook: run with an explicit variant (test_runner). */
+/* Test hook: run with an explicit variant (test_runner); threshold: [C] or NULL. */
 int bnn_conv2d_with_variant(const bnn_variant* v, const bnn_conv_params* p, const float* x,
                             const uint32_t* w, const float* multiplier, const float* bias,
-                            float* y);
+                            const float* threshold, float* y);
 
 #endif

@@ -47,10 +47,9 @@ static int neon_supported(void) {
 #endif
 }
 
-static void neon_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, int64_t y0,
-                           int64_t y1) {
+static void neon_pack_rows(const bnn_plan* p, const float* x, const float* t, uint64_t* pin,
+                           int64_t y0, int64_t y1) {
   const int64_t hw = p->h * p->w, cw = p->cw64, W = p->w;
-  const float32x4_t zero = vdupq_n_f32(0.0f);
   for (int64_t yy = y0; yy < y1; yy++) {
     uint64_t* row = pin + ((yy + p->pt) * p->wp + p->pl) * cw;
     for (int64_t j = 0; j < cw; j++) {
@@ -64,8 +63,8 @@ static void neon_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, int
         for (int64_t c = 0; c < nc; c++, src += hw) {
           /* 64 channel planes read in parallel: fetch this channel's next row */
           if ((x0 & 15) == 0) __builtin_prefetch(src + W);
-          /* vcgeq is false for NaN, so ~(v >= 0) marks negatives and NaN */
-          uint32x4_t ge = vcgeq_f32(vld1q_f32(src), zero);
+          /* vcgeq is false for NaN, so ~(v >= t) marks values below t and NaN */
+          uint32x4_t ge = vcgeq_f32(vld1q_f32(src), vdupq_n_f32(t ? t[c0 + c] : 0.0f));
           uint32x4_t neg = vmvnq_u32(ge); /* all-ones where bit = 1 */
           uint64x2_t bit = vdupq_n_u64(UINT64_C(1) << c);
           uint64x2_t m01 = vreinterpretq_u64_s64(vmovl_s32(vreinterpret_s32_u32(vget_low_u32(neg))));
@@ -81,7 +80,7 @@ static void neon_pack_rows(const bnn_plan* p, const float* x, uint64_t* pin, int
       for (; x0 < W; x0++) {
         uint64_t wd = 0;
         for (int64_t c = 0; c < nc; c++)
-          if (!(src0[c * hw + x0] >= 0.0f)) wd |= UINT64_C(1) << c;
+          if (!(src0[c * hw + x0] >= (t ? t[c0 + c] : 0.0f))) wd |= UINT64_C(1) << c;
         row[x0 * cw + j] = wd;
       }
     }

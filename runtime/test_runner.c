@@ -3,6 +3,7 @@
  * convolution. Built statically for aarch64 (or armhf, with bnn_neon.c compiled with
  * -mfpu=neon) it checks the NEON kernel under qemu-aarch64-static / qemu-arm-static.
  * Usage: test_runner [iterations] [seed]
+ *        (every third random case adds per-channel thresholds, bit = x >= t[c])
  *        test_runner --cases FILE   (cases with expected outputs written by
  *                                    tests/test_neon_qemu.py from the numpy reference;
  *                                    every variant, 1-4 threads)
@@ -33,9 +34,11 @@ static const bnn_variant* variants[] = {
 #endif
 };
 
-/* naive reference: integer accumulation then the same affine in float */
+/* naive reference: integer accumulation then the same affine in float; input bits are
+ * x >= t[c] (t NULL: 0), NaN -> -1 */
 static void naive(const bnn_conv_params* p, int64_t ho, int64_t wo, const float* x,
-                  const int8_t* wpm, const float* mult, const float* bias, float* y) {
+                  const float* t, const int8_t* wpm, const float* mult, const float* bias,
+                  float* y) {
   int64_t cg = p->c / p->group, og = p->o / p->group;
   for (int64_t n = 0; n < p->n; n++)
     for (int64_t o = 0; o < p->o; o++) {
@@ -52,7 +55,10 @@ static void naive(const bnn_conv_params* p, int64_t ho, int64_t wo, const float*
                 if (iy < 0 || iy >= p->h || ix < 0 || ix >= p->w)
                   a = (int)p->pad_value;
                 else
-                  a = x[((n * p->c + g * cg + c) * p->h + iy) * p->w + ix] >= 0.0f ? 1 : -1;
+                  a = x[((n * p->c + g * cg + c) * p->h + iy) * p->w + ix] >=
+                              (t ? t[g * cg + c] : 0.0f)
+                          ? 1
+                          : -1;
                 acc += a * wpm[((o * cg + c) * p->kh + ky) * p->kw + kx];
               }
           float t = mult[o] * (float)acc;
@@ -165,6 +171,7 @@ int main(int argc, char** argv) {
     size_t nw = (size_t)(p.o * cg * p.kh * p.kw);
     int64_t cw = bnn_weight_words(cg);
     float* x = malloc(nx * sizeof(float));
+    float* thr = malloc((size_t)p.c * sizeof(float));
     int8_t* wpm = malloc(nw);
     uint32_t* wq = malloc((size_t)(p.o * p.kh * p.kw * cw) * sizeof(uint32_t));
     float* mult = malloc((size_t)p.o * sizeof(float));
@@ -175,6 +182,16 @@ int main(int argc, char** argv) {
       uint32_t r = rnd() % 16;
       x[i] = r == 0 ? 0.0f : r == 1 ? -0.0f : r == 2 ? NAN : ((float)(rnd() % 2001) - 1000.0f) / 100.0f;
     }
+    /* every third case: per-channel thresholds (RSign) from the same value grid as x, so
+     * that ties (x == t: +1) occur, and the odd -0.0 / NaN threshold */
+    const float* t = NULL;
+    if (it % 3 == 2) {
+      for (int64_t c = 0; c < p.c; c++) {
+        uint32_t r = rnd() % 16;
+        thr[c] = r == 0 ? -0.0f : r == 1 ? NAN : ((float)(rnd() % 2001) - 1000.0f) / 100.0f;
+      }
+      t = thr;
+    }
     for (size_t i = 0; i < nw; i++) wpm[i] = (rnd() & 1) ? 1 : -1;
     int affine = it % 2;
     for (int64_t i = 0; i < p.o; i++) {
@@ -182,11 +199,11 @@ int main(int argc, char** argv) {
       bias[i] = affine ? ((float)(rnd() % 1000) - 500.0f) / 7.0f : 0.0f;
     }
     bnn_pack_weights(wpm, p.o, cg, p.kh, p.kw, wq);
-    naive(&p, ho, wo, x, wpm, mult, bias, yref);
+    naive(&p, ho, wo, x, t, wpm, mult, bias, yref);
     for (size_t v = 0; v < nv; v++) {
       if (!variants[v]->supported()) continue;
       for (size_t i = 0; i < ny; i++) y[i] = 12345.0f;
-      int rc = bnn_conv2d_with_variant(variants[v], &p, x, wq, mult, bias, y);
+      int rc = bnn_conv2d_with_variant(variants[v], &p, x, wq, mult, bias, t, y);
       int ok = rc == BNN_OK && memcmp(y, yref, ny * sizeof(float)) == 0;
       if (ok) {
         passed++;
@@ -204,7 +221,7 @@ int main(int argc, char** argv) {
                bad < ny ? y[bad] : 0.0, bad < ny ? yref[bad] : 0.0);
       }
     }
-    free(x); free(wpm); free(wq); free(mult); free(bias); free(yref); free(y);
+    free(x); free(thr); free(wpm); free(wq); free(mult); free(bias); free(yref); free(y);
   }
   printf("variants:");
   for (size_t v = 0; v < nv; v++)
