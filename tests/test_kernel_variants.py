@@ -149,6 +149,8 @@ def test_forced_variant_is_bit_exact(variant: str, conv: Conv, pad_value: int, t
             ),
             "onnxruntime acc": (session_acc.run(None, {"X": x})[0], acc.astype(np.float32)),
             "onnxruntime affine": (session_affine.run(None, {"X": x})[0], affine),
+            # the op's first run offers 32 tasks; later runs split for the threads it saw
+            "onnxruntime affine, 2nd run": (session_affine.run(None, {"X": x})[0], affine),
         }
         assert native.kernel_name() == variant
     for what, (got, want) in results.items():
