@@ -436,7 +436,7 @@ typedef struct {
    * blocks, range j output-channel blocks [j * nob / ob_chunks, (j + 1) * nob / ob_chunks) */
   int64_t blk_chunks, nunits, mv;
   int64_t ob_chunks, nob;
-  int failed;
+  int failed; /* a gemm task could not allocate its im2col scratch */
 } run_ctx;
 
 static void task_pack(void* arg, size_t idx) {
@@ -602,10 +602,6 @@ static int run_planned(const bnn_variant* v, const bnn_plan* plan, int64_t n, co
   if (r.row_chunks > p.h) r.row_chunks = p.h;
   r.row_step = (p.h + r.row_chunks - 1) / r.row_chunks;
   pf(pf_ctx, task_pack, &r, (size_t)(images * r.row_chunks));
-  if (r.failed) {
-    free(r.pin);
-    return set_err(BNN_ENOMEM, "out of memory for the thresholded input");
-  }
   /* phase 2: im2col + gemm in chunks of <= ~64 pixels (L1-resident). With several tasks
    * (threads), the chunk count is rounded up to a multiple of max_tasks and the chunks are
    * equal to within one tile, so that every thread gets the same work (a 4-core ARM
